@@ -1,0 +1,5 @@
+"""ldoctor: one shared trunk, three clinical tasks (tumor, disease, drug)."""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"

@@ -1,0 +1,39 @@
+"""LDoctorCLI: LightningCLI for ``MultiTaskModule`` with any DataModule that exposes ``tasks``.
+
+The task list is written once, in the data config: ``data.tasks`` is linked to ``model.tasks`` when the
+DataModule is instantiated. The optimizer and scheduler are injected into the module
+(``auto_configure_optimizers=False``), which builds its own parameter groups.
+
+From a notebook::
+
+    from ldoctor.cli import LDoctorCLI
+    cli = LDoctorCLI(args=["fit", "--config", "configs/smoke.yaml"], run=True)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+from lightning.pytorch.cli import LightningCLI
+
+from ldoctor.module import MultiTaskModule
+
+
+class LDoctorCLI(LightningCLI):
+    """``python train.py {fit,validate,test,predict} --config configs/<experiment>.yaml``."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("model_class", MultiTaskModule)
+        kwargs.setdefault("datamodule_class", L.LightningDataModule)
+        kwargs.setdefault("subclass_mode_data", True)
+        kwargs.setdefault("auto_configure_optimizers", False)
+        super().__init__(*args, **kwargs)
+
+    def add_arguments_to_parser(self, parser: Any) -> None:
+        parser.link_arguments("data.tasks", "model.tasks", apply_on="instantiate")
+
+
+def main(args: list[str] | None = None) -> LDoctorCLI:
+    """Entry point of ``train.py``."""
+    return LDoctorCLI(args=args)

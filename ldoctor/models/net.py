@@ -1,0 +1,89 @@
+"""MultiTaskNet: one shared trunk, one head per task, a history encoder for code inputs."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ldoctor.models.heads import ClassificationHead
+from ldoctor.models.history import HistoryEncoder
+from ldoctor.models.trunks import build_trunk
+from ldoctor.tasks import TaskSpec, validate_tasks
+
+
+class MultiTaskNet(nn.Module):
+    """Shared trunk + per-task heads.
+
+    - image tasks: ``[B, 3, H, W]`` -> trunk -> head; multi-view ``[B, V, 3, H, W]`` (2.5D CT): every view
+      goes through the same trunk and the ``V`` view features are mean-pooled.
+    - code tasks (``drug``): ``[B, A, L]`` codes -> ``history`` encoder; if the batch carries ``image`` and
+      ``has_image``, the trunk features of those images are projected and concatenated, other rows get the
+      learned ``no_image`` vector.
+
+    Args:
+        tasks: the task specs.
+        trunk: registered trunk name (``ldoctor.models.trunks.TRUNKS``).
+        trunk_weights: ``None``, a torchvision enum name or a local state-dict file.
+        dropout: dropout in every head.
+        history_embed_dim: code embedding width of the history encoder.
+        history_hidden_dim: history encoder output width.
+    """
+
+    def __init__(
+        self,
+        tasks: list[TaskSpec],
+        trunk: str = "resnet50",
+        trunk_weights: str | None = None,
+        dropout: float = 0.2,
+        history_embed_dim: int = 64,
+        history_hidden_dim: int = 128,
+    ) -> None:
+        super().__init__()
+        self.tasks = validate_tasks(tasks)
+        self.trunk = build_trunk(trunk, trunk_weights)
+        feat = self.trunk.out_features
+        self.heads = nn.ModuleDict()
+        self.history = nn.ModuleDict()
+        self.image_fusion = nn.ModuleDict()
+        self.no_image = nn.ParameterDict()
+        for name, spec in self.tasks.items():
+            if spec.input_key == "codes":
+                self.history[name] = HistoryEncoder(len(spec.code_vocabulary), history_embed_dim, history_hidden_dim)
+                self.image_fusion[name] = nn.Linear(feat, history_hidden_dim)
+                self.no_image[name] = nn.Parameter(torch.zeros(history_hidden_dim))
+                self.heads[name] = ClassificationHead(2 * history_hidden_dim, spec.num_outputs, dropout)
+            else:
+                self.heads[name] = ClassificationHead(feat, spec.num_outputs, dropout)
+
+    def image_features(self, images: torch.Tensor) -> torch.Tensor:
+        """Args: images ``[B, 3, H, W]`` or ``[B, V, 3, H, W]``. Returns: ``[B, F]`` (views mean-pooled)."""
+        if images.dim() == 4:
+            return self.trunk(images)
+        if images.dim() == 5:
+            b, v = images.shape[:2]
+            return self.trunk(images.flatten(0, 1)).view(b, v, -1).mean(dim=1)
+        raise ValueError(f"image input must be [B, 3, H, W] or [B, V, 3, H, W], got shape {tuple(images.shape)}")
+
+    def code_features(self, name: str, batch: dict) -> torch.Tensor:
+        """History encoding fused with the admission's image features: ``[B, 2 * hidden]``."""
+        history = self.history[name](batch["codes"])
+        fused = self.no_image[name].expand_as(history)
+        has_image = batch.get("has_image")
+        if has_image is not None and bool(has_image.any()):
+            projected = self.image_fusion[name](self.image_features(batch["image"][has_image]))
+            fused = fused.clone()
+            fused[has_image] = projected.to(fused.dtype)
+        return torch.cat([history, fused], dim=1)
+
+    def forward_task(self, name: str, batch: dict) -> torch.Tensor:
+        """Logits ``[B, num_outputs]`` of one task for its batch."""
+        spec = self.tasks[name]
+        if spec.input_key == "codes":
+            features = self.code_features(name, batch)
+        else:
+            features = self.image_features(batch[spec.input_key])
+        return self.heads[name](features)
+
+    def forward(self, batches: dict[str, dict]) -> dict[str, torch.Tensor]:
+        """Args: ``{task: task batch}``. Returns: ``{task: logits}``."""
+        return {name: self.forward_task(name, batch) for name, batch in batches.items()}

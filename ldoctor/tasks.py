@@ -1,0 +1,150 @@
+"""Task specifications: what a task predicts and where its input sits in a batch.
+
+A task is data, not a code path. Every task batch is a dict with
+
+- the input under ``TaskSpec.input_key``: ``"image"`` (``[batch, 3, H, W]`` for radiographs,
+  ``[batch, views, 3, H, W]`` for 2.5D CT views) or ``"codes"`` (``[batch, admissions, codes]`` int64,
+  0 = padding, ``i >= 1`` = ``code_vocabulary[i - 1]``);
+- ``"label"``: float tensor, ``[batch, num_outputs]`` for binary (``num_outputs == 1``) and multilabel
+  tasks, ``[batch]`` class indices for multiclass tasks; NaN means unknown and is masked in losses and metrics;
+- ``"id"``: one string per sample.
+
+Example:
+    >>> spec = TaskSpec(name="tumor", kind="binary", num_outputs=1, class_names=["malignant"])
+    >>> spec.kind
+    'binary'
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+TASK_KINDS = ("binary", "multiclass", "multilabel")
+INPUT_KEYS = ("image", "codes")
+
+#: The 14 ChestX-ray14 findings in the fixed order of the ``disease`` label columns
+#: (the order of Wang et al., CVPR 2017, Table 1 and of the NIH release's README).
+#: "No Finding" is not a class: it is the all-zero label row.
+CHESTXRAY14_FINDINGS: tuple[str, ...] = (
+    "Atelectasis",
+    "Cardiomegaly",
+    "Effusion",
+    "Infiltration",
+    "Mass",
+    "Nodule",
+    "Pneumonia",
+    "Pneumothorax",
+    "Consolidation",
+    "Edema",
+    "Emphysema",
+    "Fibrosis",
+    "Pleural_Thickening",
+    "Hernia",
+)
+
+
+@dataclass
+class TaskSpec:
+    """One prediction task served by the shared trunk.
+
+    Args:
+        name: task name, used in batch dicts and logged keys (``val/{name}/auroc``).
+        kind: ``"binary"`` (one logit), ``"multiclass"`` (softmax over ``num_outputs``) or
+            ``"multilabel"`` (``num_outputs`` independent logits).
+        num_outputs: number of logits; 1 for binary.
+        class_names: one name per output (binary: the positive class); ``None`` gives ``class_0``, ...
+        input_key: batch key holding the input, one of ``INPUT_KEYS``.
+        code_vocabulary: for ``input_key == "codes"``, the code strings in index order (index 0 is
+            padding and not listed). Travels in the checkpoint with the spec.
+
+    Raises:
+        ValueError: naming the offending field.
+    """
+
+    name: str
+    kind: str
+    num_outputs: int
+    class_names: list[str] | None = None
+    input_key: str = "image"
+    code_vocabulary: list[str] | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        if not self.name or "/" in self.name:
+            raise ValueError(f"TaskSpec.name must be a non-empty string without '/', got {self.name!r}")
+        if self.kind not in TASK_KINDS:
+            raise ValueError(f"TaskSpec.kind of task {self.name!r} must be one of {TASK_KINDS}, got {self.kind!r}")
+        if not isinstance(self.num_outputs, int) or self.num_outputs < 1:
+            raise ValueError(f"TaskSpec.num_outputs of task {self.name!r} must be an int >= 1, got {self.num_outputs!r}")
+        if self.kind == "binary" and self.num_outputs != 1:
+            raise ValueError(f"TaskSpec.num_outputs of binary task {self.name!r} must be 1, got {self.num_outputs}")
+        if self.kind == "multiclass" and self.num_outputs < 2:
+            raise ValueError(f"TaskSpec.num_outputs of multiclass task {self.name!r} must be >= 2, got {self.num_outputs}")
+        if self.class_names is None:
+            self.class_names = [f"class_{i}" for i in range(self.num_outputs)]
+        self.class_names = list(self.class_names)
+        if len(self.class_names) != self.num_outputs:
+            raise ValueError(
+                f"TaskSpec.class_names of task {self.name!r} has {len(self.class_names)} names "
+                f"for num_outputs={self.num_outputs}"
+            )
+        if len(set(self.class_names)) != len(self.class_names):
+            raise ValueError(f"TaskSpec.class_names of task {self.name!r} has duplicates")
+        if self.input_key not in INPUT_KEYS:
+            raise ValueError(
+                f"TaskSpec.input_key of task {self.name!r} must be one of {INPUT_KEYS}, got {self.input_key!r}"
+            )
+        if self.input_key == "codes" and not self.code_vocabulary:
+            raise ValueError(f"TaskSpec.code_vocabulary of task {self.name!r} is required when input_key='codes'")
+        if self.code_vocabulary is not None:
+            self.code_vocabulary = list(self.code_vocabulary)
+
+    @property
+    def label_shape(self) -> tuple[int, ...]:
+        """Shape of one sample's label: ``(num_outputs,)``, or ``()`` for multiclass."""
+        return () if self.kind == "multiclass" else (self.num_outputs,)
+
+
+def validate_tasks(tasks: Iterable[TaskSpec]) -> dict[str, TaskSpec]:
+    """Check a task list and index it by name.
+
+    Raises:
+        ValueError: empty list or duplicate ``TaskSpec.name``.
+    """
+    by_name: dict[str, TaskSpec] = {}
+    for spec in tasks:
+        if not isinstance(spec, TaskSpec):
+            raise ValueError(f"tasks must hold TaskSpec objects, got {type(spec).__name__}")
+        if spec.name in by_name:
+            raise ValueError(f"TaskSpec.name {spec.name!r} appears twice in the task list")
+        by_name[spec.name] = spec
+    if not by_name:
+        raise ValueError("the task list is empty")
+    return by_name
+
+
+def tumor_task() -> TaskSpec:
+    """``tumor``: lung nodule malignancy (binary, 1 = malignant) from 2.5D CT views."""
+    return TaskSpec(name="tumor", kind="binary", num_outputs=1, class_names=["malignant"])
+
+
+def disease_task(findings: Sequence[str] = CHESTXRAY14_FINDINGS) -> TaskSpec:
+    """``disease``: chest X-ray findings, multilabel, columns in ``CHESTXRAY14_FINDINGS`` order."""
+    return TaskSpec(name="disease", kind="multilabel", num_outputs=len(findings), class_names=list(findings))
+
+
+def drug_task(drug_vocabulary: Sequence[str], code_vocabulary: Sequence[str]) -> TaskSpec:
+    """``drug``: medication classes (e.g. ATC level 3) for an admission given the patient's history.
+
+    Args:
+        drug_vocabulary: output class names, e.g. ``["A02B", "B01A", ...]``.
+        code_vocabulary: input codes, e.g. ``["D:4019", "P:3893", ...]`` (diagnoses ``D:``, procedures ``P:``).
+    """
+    return TaskSpec(
+        name="drug",
+        kind="multilabel",
+        num_outputs=len(drug_vocabulary),
+        class_names=list(drug_vocabulary),
+        input_key="codes",
+        code_vocabulary=list(code_vocabulary),
+    )
