@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import lightning as L
 from lightning.pytorch.utilities import CombinedLoader
 
-import lightning as L
 from datamodules.base import TaskDataModule
 from ldoctor.tasks import TaskSpec, validate_tasks
 
@@ -34,7 +34,8 @@ class MultiTaskDataModule(L.LightningDataModule):
         for name, dm in self.datamodules.items():
             if dm.task.name != name:
                 raise ValueError(
-                    f"MultiTaskDataModule.datamodules[{name!r}] serves task {dm.task.name!r}: the keys must be task names"
+                    f"MultiTaskDataModule.datamodules[{name!r}] serves task {dm.task.name!r}: "
+                    "the keys must be task names"
                 )
 
     @property

@@ -32,7 +32,9 @@ class MaskedBCEWithLogits(nn.Module):
         if task.kind not in ("binary", "multilabel"):
             raise ValueError(f"MaskedBCEWithLogits needs a binary or multilabel task, {task.name!r} is {task.kind}")
         if pos_weight is not None and len(pos_weight) != task.num_outputs:
-            raise ValueError(f"pos_weight of task {task.name!r} has {len(pos_weight)} values, expected {task.num_outputs}")
+            raise ValueError(
+                f"pos_weight of task {task.name!r} has {len(pos_weight)} values, expected {task.num_outputs}"
+            )
         weight = torch.ones(task.num_outputs) if pos_weight is None else torch.tensor(pos_weight, dtype=torch.float)
         self.register_buffer("pos_weight", weight, persistent=False)
 

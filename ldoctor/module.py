@@ -215,7 +215,9 @@ class MultiTaskModule(L.LightningModule):
             if decay:
                 groups.append({"params": decay, "name": name, "lr_factor": lr_factor})
             if no_decay:
-                groups.append({"params": no_decay, "name": f"{name}_no_decay", "lr_factor": lr_factor, "weight_decay": 0.0})
+                groups.append(
+                    {"params": no_decay, "name": f"{name}_no_decay", "lr_factor": lr_factor, "weight_decay": 0.0}
+                )
         weighting = [p for p in self.weighting.parameters() if p.requires_grad]
         if weighting:
             groups.append({"params": weighting, "name": "weighting", "lr_factor": 1.0, "weight_decay": 0.0})

@@ -75,11 +75,13 @@ class TaskSpec:
         if self.kind not in TASK_KINDS:
             raise ValueError(f"TaskSpec.kind of task {self.name!r} must be one of {TASK_KINDS}, got {self.kind!r}")
         if not isinstance(self.num_outputs, int) or self.num_outputs < 1:
-            raise ValueError(f"TaskSpec.num_outputs of task {self.name!r} must be an int >= 1, got {self.num_outputs!r}")
+            raise ValueError(f"TaskSpec.num_outputs of task {self.name!r} must be an int >= 1, got {self.num_outputs}")
         if self.kind == "binary" and self.num_outputs != 1:
             raise ValueError(f"TaskSpec.num_outputs of binary task {self.name!r} must be 1, got {self.num_outputs}")
         if self.kind == "multiclass" and self.num_outputs < 2:
-            raise ValueError(f"TaskSpec.num_outputs of multiclass task {self.name!r} must be >= 2, got {self.num_outputs}")
+            raise ValueError(
+                f"TaskSpec.num_outputs of multiclass task {self.name!r} must be >= 2, got {self.num_outputs}"
+            )
         if self.class_names is None:
             self.class_names = [f"class_{i}" for i in range(self.num_outputs)]
         self.class_names = list(self.class_names)

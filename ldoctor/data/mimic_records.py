@@ -91,7 +91,9 @@ def find_table(mimic_dir: str | Path, table: str) -> Path:
     for name in tried:
         if (folder / name).is_file():
             return folder / name
-    raise FileNotFoundError(f"{folder}: no MIMIC-III table {table} (tried {', '.join(tried)}); check data.mimic_dir")
+    raise FileNotFoundError(
+        f"{folder}: no MIMIC-III table {table} (tried {', '.join(tried)}); check data.mimic_dir"
+    )
 
 
 def read_csv_columns(path: str | Path, required: Sequence[str]) -> pd.DataFrame:
@@ -150,8 +152,8 @@ def load_ndc_map(path: str | Path) -> dict[str, str]:
             raise ValueError(f"{path} line {line}: malformed ATC-3 class {atc3!r}; expected e.g. 'A02B'")
         if ndc in mapping and mapping[ndc] != atc3:
             raise ValueError(
-                f"{path}: NDC {ndc} maps to {mapping[ndc]!r} on line {first_line[ndc]} and to {atc3!r} on line "
-                f"{line}; an NDC must map to one ATC-3 class"
+                f"{path}: NDC {ndc} maps to {mapping[ndc]!r} on line {first_line[ndc]} and to {atc3!r} "
+                f"on line {line}; an NDC must map to one ATC-3 class"
             )
         mapping.setdefault(ndc, atc3)
         first_line.setdefault(ndc, line)
@@ -192,14 +194,27 @@ def _checked_rows(
     frame = read_csv_columns(path, TABLE_COLUMNS[table])
     known = frame["hadm_id"].isin(admissions.keys())
     for subject, hadm, line in frame.loc[~known, ["subject_id", "hadm_id", "line"]].itertuples(index=False):
-        _bad(path, line, f"hadm_id {hadm!r} (subject_id {subject}) is not in {admissions_path}", skip_bad, stats,
-             f"{table}:unknown_hadm_id")
+        _bad(
+            path,
+            line,
+            f"hadm_id {hadm!r} (subject_id {subject}) is not in {admissions_path}",
+            skip_bad,
+            stats,
+            f"{table}:unknown_hadm_id",
+        )
     frame = frame[known]
     owner = frame["hadm_id"].map(lambda h: admissions[h][0])
     mismatch = frame["subject_id"] != owner
     for subject, hadm, line in frame.loc[mismatch, ["subject_id", "hadm_id", "line"]].itertuples(index=False):
-        _bad(path, line, f"subject_id {subject} differs from hadm_id {hadm}'s subject_id "
-             f"{admissions[hadm][0]} in {admissions_path}", skip_bad, stats, f"{table}:subject_mismatch")
+        _bad(
+            path,
+            line,
+            f"subject_id {subject} differs from hadm_id {hadm}'s subject_id "
+            f"{admissions[hadm][0]} in {admissions_path}",
+            skip_bad,
+            stats,
+            f"{table}:subject_mismatch",
+        )
     return frame[~mismatch], path
 
 
@@ -225,8 +240,14 @@ def _drugs_by_admission(
     frame = frame[~no_ndc]
     malformed = ~frame["ndc"].str.fullmatch(r"\d{11}")
     for ndc, line in frame.loc[malformed, ["ndc", "line"]].itertuples(index=False):
-        _bad(path, line, f"malformed NDC {ndc!r}; expected 11 digits, or empty / 0 for none", skip_bad, stats,
-             "PRESCRIPTIONS:malformed_ndc")
+        _bad(
+            path,
+            line,
+            f"malformed NDC {ndc!r}; expected 11 digits, or empty / 0 for none",
+            skip_bad,
+            stats,
+            "PRESCRIPTIONS:malformed_ndc",
+        )
     frame = frame[~malformed]
     atc3 = frame["ndc"].map(ndc_map)
     unmapped = atc3.isna()
@@ -259,25 +280,35 @@ def read_mimic_admissions(
     mimic_dir, stats = Path(mimic_dir), MimicStats()
     ndc_map = load_ndc_map(ndc_map_path)
     admissions, adm_path = _read_admissions(mimic_dir, stats)
-    tables = {t: _checked_rows(mimic_dir, t, admissions, adm_path, skip_bad, stats)
-              for t in ("DIAGNOSES_ICD", "PROCEDURES_ICD", "PRESCRIPTIONS")}
+    tables = {
+        t: _checked_rows(mimic_dir, t, admissions, adm_path, skip_bad, stats)
+        for t in ("DIAGNOSES_ICD", "PROCEDURES_ICD", "PRESCRIPTIONS")
+    }
     diagnoses = _codes_by_admission(tables["DIAGNOSES_ICD"][0], stats)
     procedures = _codes_by_admission(tables["PROCEDURES_ICD"][0], stats)
     drugs = _drugs_by_admission(*tables["PRESCRIPTIONS"], ndc_map, skip_bad, stats)
     if stats.unmapped_rows:
         rank_zero_warn(
-            f"{stats.unmapped_rows} of {stats.unmapped_rows + stats.mapped_rows} prescription rows with an NDC "
-            f"({stats.unmapped_ndcs} distinct NDCs) have no ATC-3 class in {ndc_map_path}; they are left out of "
-            f"the drug sets (mapped share {stats.mapped_share:.1%})"
+            f"{stats.unmapped_rows} of {stats.unmapped_rows + stats.mapped_rows} prescription rows with an "
+            f"NDC ({stats.unmapped_ndcs} distinct NDCs) have no ATC-3 class in {ndc_map_path}; they are left "
+            f"out of the drug sets (mapped share {stats.mapped_share:.1%})"
         )
     if stats.bad_rows:
         rank_zero_warn(f"skip_bad: skipped bad rows {stats.bad_rows}")
-    kept = sorted(set(diagnoses) & set(procedures) & set(drugs), key=lambda h: (int(admissions[h][0]),
-                                                                               admissions[h][1], int(h)))
+    kept = sorted(
+        set(diagnoses) & set(procedures) & set(drugs),
+        key=lambda h: (int(admissions[h][0]), admissions[h][1], int(h)),
+    )
     stats.admissions_with_all = len(kept)
     records = [
-        {"subject_id": admissions[h][0], "hadm_id": h, "admittime": admissions[h][1].isoformat(),
-         "diagnoses": diagnoses[h], "procedures": procedures[h], "drugs": drugs[h]}
+        {
+            "subject_id": admissions[h][0],
+            "hadm_id": h,
+            "admittime": admissions[h][1].isoformat(),
+            "diagnoses": diagnoses[h],
+            "procedures": procedures[h],
+            "drugs": drugs[h],
+        }
         for h in kept
     ]
     return records, stats
@@ -339,18 +370,22 @@ def split_patients(
     n_test = int((len(order) - n_train) / 2)
     return {
         "train": order[:n_train],
-        "test": order[n_train:n_train + n_test],
-        "val": order[n_train + n_test:],
+        "test": order[n_train : n_train + n_test],
+        "val": order[n_train + n_test :],
     }
 
 
 # ----------------------------------------------------------------------------------------------- samples
 def admission_codes(record: dict) -> list[str]:
     """The admission's codes in the shared vocabulary's notation: ``D:<icd9>`` then ``P:<icd9>``."""
-    return [DIAGNOSIS_PREFIX + c for c in record["diagnoses"]] + [PROCEDURE_PREFIX + c for c in record["procedures"]]
+    return [DIAGNOSIS_PREFIX + c for c in record["diagnoses"]] + [
+        PROCEDURE_PREFIX + c for c in record["procedures"]
+    ]
 
 
-def build_vocabularies(train_records: Iterable[dict], drug_records: Iterable[dict]) -> tuple[list[str], list[str]]:
+def build_vocabularies(
+    train_records: Iterable[dict], drug_records: Iterable[dict]
+) -> tuple[list[str], list[str]]:
     """Code vocabulary from the training admissions, drug vocabulary from ``drug_records``.
 
     The code vocabulary starts with ``UNKNOWN_CODE``; codes first seen outside training map to it. The drug
@@ -375,12 +410,14 @@ def patient_samples(admissions: Sequence[dict], max_history: int | None = None) 
     samples = []
     for i, record in enumerate(admissions):
         start = 0 if max_history is None else max(0, i + 1 - max_history)
-        samples.append({
-            "id": f"{record['subject_id']}/{record['hadm_id']}",
-            "hadm_id": record["hadm_id"],
-            "history": [admission_codes(r) for r in admissions[start:i + 1]],
-            "drugs": list(record["drugs"]),
-        })
+        samples.append(
+            {
+                "id": f"{record['subject_id']}/{record['hadm_id']}",
+                "hadm_id": record["hadm_id"],
+                "history": [admission_codes(r) for r in admissions[start : i + 1]],
+                "drugs": list(record["drugs"]),
+            }
+        )
     return samples
 
 
@@ -403,7 +440,9 @@ def load_ddi_matrix(path: str | Path, drug_vocabulary: Sequence[str]) -> torch.T
         with np.load(path, allow_pickle=False) as data:
             adjacency, names = data["ddi_A"], [str(n) for n in data["drugs"]]
         if adjacency.shape != (len(names), len(names)):
-            raise ValueError(f"{path}: ddi_A has shape {adjacency.shape}, expected {len(names)}x{len(names)} (drugs)")
+            raise ValueError(
+                f"{path}: ddi_A has shape {adjacency.shape}, expected {len(names)}x{len(names)} (drugs)"
+            )
         pairs = [(names[i], names[j]) for i, j in zip(*np.nonzero(adjacency))]
     else:
         frame = read_csv_columns(path, ("atc3_a", "atc3_b"))

@@ -50,7 +50,8 @@ class SyntheticNoduleViews(Dataset):
         centre = self.size / 2 + shift
         dist = ((yy[None] - centre[:, 0, None, None]) ** 2 + (xx[None] - centre[:, 1, None, None]) ** 2).sqrt()
         blob = (dist < radius).float() * (0.8 + 0.6 * malignant)  # [V, S, S]
-        image = blob[:, None].expand(-1, 3, -1, -1) + 0.4 * torch.randn(self.views, 3, self.size, self.size, generator=g)
+        noise = 0.4 * torch.randn(self.views, 3, self.size, self.size, generator=g)
+        image = blob[:, None].expand(-1, 3, -1, -1) + noise
         label = math.nan if float(torch.rand(1, generator=g)) < self.unknown_fraction else malignant
         return {"image": image, "label": torch.tensor([label]), "id": f"nodule-{index}"}
 

@@ -1,0 +1,41 @@
+"""Shared test set-up: offline W&B, quiet Lightning, small CPU trainers."""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+
+import pytest
+import torch
+
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("WANDB_SILENT", "true")
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+@pytest.fixture(autouse=True)
+def _quiet_lightning():
+    for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+        warnings.filterwarnings("ignore", message=".*No positive samples in targets.*")
+        warnings.filterwarnings("ignore", message=".*No negative samples in targets.*")
+        yield
+
+
+def tiny_trainer_kwargs(tmp_path, **overrides) -> dict:
+    """Keyword arguments of a small, silent CPU ``lightning.Trainer`` writing under ``tmp_path``."""
+    kwargs = {
+        "accelerator": "cpu",
+        "devices": 1,
+        "logger": False,
+        "enable_checkpointing": False,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+        "default_root_dir": str(tmp_path),
+        "max_epochs": 1,
+    }
+    kwargs.update(overrides)
+    return kwargs
