@@ -146,16 +146,12 @@ def read_image_links(path: str | Path, skip_bad: bool = False) -> dict[str, str]
     for hadm, image, line in frame.itertuples(index=False):
         image_path = Path(image) if Path(image).is_absolute() else path.parent / image
         if not hadm or not image:
-            raise ValueError(
-                f"{path} line {line}: expected a hadm_id and an image_path, got {hadm!r}, {image!r}"
-            )
+            raise ValueError(f"{path} line {line}: expected a hadm_id and an image_path, got {hadm!r}, {image!r}")
         if hadm in links and links[hadm] != str(image_path):
             raise ValueError(f"{path} line {line}: hadm_id {hadm} is linked to a second image ({image})")
         if not image_path.is_file():
             if not skip_bad:
-                raise FileNotFoundError(
-                    f"{image_path}: listed in {path} line {line}, not found; check data.images"
-                )
+                raise FileNotFoundError(f"{image_path}: listed in {path} line {line}, not found; check data.images")
             skipped += 1
             continue
         links[hadm] = str(image_path)
@@ -182,6 +178,8 @@ class MIMICDrugDataModule(TaskDataModule):
         top_k_drugs: keep only the k most frequent ATC-3 classes; ``None`` keeps all.
         min_admissions: drop patients with fewer kept admissions (SafeDrug uses 2 on the full data).
         max_history: keep at most this many admissions (the current one included) per sample; ``None`` = all.
+        history_drugs: earlier admissions also show the drugs they were given (``M:<atc3>`` codes), as in
+            GAMENet / COGNet; the current admission never shows its own.
         split_seed: seed of the patient shuffle before the 2/3 : 1/6 : 1/6 train/test/val split; ``None``
             keeps file order (SafeDrug's split of its processed records).
         image_size: side of the images, pixels.
@@ -200,6 +198,7 @@ class MIMICDrugDataModule(TaskDataModule):
         top_k_drugs: int | None = None,
         min_admissions: int = 1,
         max_history: int | None = None,
+        history_drugs: bool = True,
         split_seed: int | None = 0,
         image_size: int = 224,
         skip_bad: bool = False,
@@ -209,9 +208,7 @@ class MIMICDrugDataModule(TaskDataModule):
     ) -> None:
         super().__init__(batch_size=batch_size, num_workers=num_workers, pin_memory=pin_memory)
         if mimic_dir is not None and records is not None:
-            raise ValueError(
-                "MIMICDrugDataModule: give mimic_dir (raw CSVs) or records (records.json), not both"
-            )
+            raise ValueError("MIMICDrugDataModule: give mimic_dir (raw CSVs) or records (records.json), not both")
         if min_admissions < 1:
             raise ValueError(f"min_admissions must be >= 1, got {min_admissions}")
         if max_history is not None and max_history < 1:
@@ -221,6 +218,7 @@ class MIMICDrugDataModule(TaskDataModule):
         self.records_path = Path(records) if records is not None else None
         self.images_path = Path(images) if images is not None else None
         self.top_k_drugs, self.min_admissions, self.max_history = top_k_drugs, min_admissions, max_history
+        self.history_drugs = history_drugs
         self.split_seed, self.image_size, self.skip_bad = split_seed, image_size, skip_bad
         self.stats: MimicStats | None = None
         self.splits: dict[str, list[dict]] | None = None
@@ -246,15 +244,15 @@ class MIMICDrugDataModule(TaskDataModule):
         self.splits = {name: [r for s in split[name] for r in patients[s]] for name in SPLITS}
         for name in ("train", "test"):
             if not self.splits[name]:
-                raise ValueError(
-                    f"{source}: the {name} split is empty ({len(patients)} patients); use more data"
-                )
+                raise ValueError(f"{source}: the {name} split is empty ({len(patients)} patients); use more data")
         stats = self.stats or MimicStats()
         stats.patients, stats.admissions = len(patients), len(records)
         stats.drug_classes = len({d for r in records for d in r["drugs"]})
         self.stats = stats
         if self.drug_vocabulary is None:
-            self.drug_vocabulary, self.code_vocabulary = build_vocabularies(self.splits["train"], records)
+            self.drug_vocabulary, self.code_vocabulary = build_vocabularies(
+                self.splits["train"], records, self.history_drugs
+            )
         log.info("MIMIC drug cohort from %s: %s", source, stats.as_dict())
 
     @property
@@ -269,7 +267,7 @@ class MIMICDrugDataModule(TaskDataModule):
         return [
             s
             for adm in group_by_patient(self.splits[split]).values()
-            for s in patient_samples(adm, self.max_history)
+            for s in patient_samples(adm, self.max_history, self.history_drugs)
         ]
 
     # ------------------------------------------------------------------------------------- datasets
@@ -296,9 +294,7 @@ class MIMICDrugDataModule(TaskDataModule):
             cohort = {r["hadm_id"] for rs in self.splits.values() for r in rs}
             outside = len(set(links) - cohort)
             if outside:
-                rank_zero_warn(
-                    f"{self.images_path}: {outside} of {len(links)} linked admissions are not in the cohort"
-                )
+                rank_zero_warn(f"{self.images_path}: {outside} of {len(links)} linked admissions are not in the cohort")
         self.train_dataset = self._dataset("train", links)
         self.val_dataset = self._dataset("val", links) if self.splits["val"] else None
         self.test_dataset = self._dataset("test", links)

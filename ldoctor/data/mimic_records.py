@@ -48,6 +48,8 @@ ATC3_PATTERN = re.compile(r"^[A-Z]\d{2}[A-Z]$")
 NO_NDC = ("", "0")
 #: Prefixes of the shared code vocabulary: diagnoses and procedures share the ICD-9 number space.
 DIAGNOSIS_PREFIX, PROCEDURE_PREFIX = "D:", "P:"
+#: Prefix of the drugs of EARLIER admissions in the code vocabulary (``history_drugs``; never the current one).
+MEDICATION_PREFIX = "M:"
 #: First entry of every code vocabulary: codes unseen in training map here (index 1; 0 is padding).
 UNKNOWN_CODE = "<unk>"
 
@@ -91,9 +93,7 @@ def find_table(mimic_dir: str | Path, table: str) -> Path:
     for name in tried:
         if (folder / name).is_file():
             return folder / name
-    raise FileNotFoundError(
-        f"{folder}: no MIMIC-III table {table} (tried {', '.join(tried)}); check data.mimic_dir"
-    )
+    raise FileNotFoundError(f"{folder}: no MIMIC-III table {table} (tried {', '.join(tried)}); check data.mimic_dir")
 
 
 def read_csv_columns(path: str | Path, required: Sequence[str]) -> pd.DataFrame:
@@ -209,8 +209,7 @@ def _checked_rows(
         _bad(
             path,
             line,
-            f"subject_id {subject} differs from hadm_id {hadm}'s subject_id "
-            f"{admissions[hadm][0]} in {admissions_path}",
+            f"subject_id {subject} differs from hadm_id {hadm}'s subject_id {admissions[hadm][0]} in {admissions_path}",
             skip_bad,
             stats,
             f"{table}:subject_mismatch",
@@ -376,32 +375,44 @@ def split_patients(
 
 
 # ----------------------------------------------------------------------------------------------- samples
-def admission_codes(record: dict) -> list[str]:
-    """The admission's codes in the shared vocabulary's notation: ``D:<icd9>`` then ``P:<icd9>``."""
-    return [DIAGNOSIS_PREFIX + c for c in record["diagnoses"]] + [
-        PROCEDURE_PREFIX + c for c in record["procedures"]
-    ]
+def admission_codes(record: dict, with_drugs: bool = False) -> list[str]:
+    """The admission's codes in the shared vocabulary's notation: ``D:<icd9>``, ``P:<icd9>`` and, with
+    ``with_drugs``, the drugs it was given as ``M:<atc3>`` (used for earlier admissions only)."""
+    codes = [DIAGNOSIS_PREFIX + c for c in record["diagnoses"]]
+    codes += [PROCEDURE_PREFIX + c for c in record["procedures"]]
+    if with_drugs:
+        codes += [MEDICATION_PREFIX + d for d in record["drugs"]]
+    return codes
 
 
 def build_vocabularies(
-    train_records: Iterable[dict], drug_records: Iterable[dict]
+    train_records: Iterable[dict], drug_records: Iterable[dict], history_drugs: bool = False
 ) -> tuple[list[str], list[str]]:
     """Code vocabulary from the training admissions, drug vocabulary from ``drug_records``.
 
     The code vocabulary starts with ``UNKNOWN_CODE``; codes first seen outside training map to it. The drug
     vocabulary is the label space and comes from the whole filtered cohort (as SafeDrug's ``med_voc``), so a
-    test drug never seen in training still counts as a miss instead of vanishing from the label.
+    test drug never seen in training still counts as a miss instead of vanishing from the label. With
+    ``history_drugs`` the training drugs enter the code vocabulary as ``M:<atc3>``.
 
     Returns:
         ``(drug_vocabulary, code_vocabulary)``, both sorted (after ``UNKNOWN_CODE``).
     """
-    codes = sorted({c for r in train_records for c in admission_codes(r)})
+    codes = sorted({c for r in train_records for c in admission_codes(r, history_drugs)})
     drugs = sorted({d for r in drug_records for d in r["drugs"]})
     return drugs, [UNKNOWN_CODE, *codes]
 
 
-def patient_samples(admissions: Sequence[dict], max_history: int | None = None) -> list[dict]:
+def patient_samples(
+    admissions: Sequence[dict], max_history: int | None = None, history_drugs: bool = False
+) -> list[dict]:
     """One sample per admission of one patient: that admission's drugs given the admissions so far.
+
+    Args:
+        admissions: one patient's admission records in time order.
+        max_history: keep at most this many admissions per sample (the current one included).
+        history_drugs: add the drugs of the earlier admissions to their codes (``M:<atc3>``), as GAMENet and
+            COGNet feed medication history; the current admission never shows its own drugs.
 
     Returns:
         dicts with ``id`` (``"<subject_id>/<hadm_id>"``), ``hadm_id``, ``history`` (list of code lists, oldest
@@ -414,7 +425,7 @@ def patient_samples(admissions: Sequence[dict], max_history: int | None = None) 
             {
                 "id": f"{record['subject_id']}/{record['hadm_id']}",
                 "hadm_id": record["hadm_id"],
-                "history": [admission_codes(r) for r in admissions[start : i + 1]],
+                "history": [admission_codes(r, history_drugs) for r in admissions[start:i]] + [admission_codes(record)],
                 "drugs": list(record["drugs"]),
             }
         )
@@ -440,9 +451,7 @@ def load_ddi_matrix(path: str | Path, drug_vocabulary: Sequence[str]) -> torch.T
         with np.load(path, allow_pickle=False) as data:
             adjacency, names = data["ddi_A"], [str(n) for n in data["drugs"]]
         if adjacency.shape != (len(names), len(names)):
-            raise ValueError(
-                f"{path}: ddi_A has shape {adjacency.shape}, expected {len(names)}x{len(names)} (drugs)"
-            )
+            raise ValueError(f"{path}: ddi_A has shape {adjacency.shape}, expected {len(names)}x{len(names)} (drugs)")
         pairs = [(names[i], names[j]) for i, j in zip(*np.nonzero(adjacency))]
     else:
         frame = read_csv_columns(path, ("atc3_a", "atc3_b"))

@@ -1,0 +1,341 @@
+"""Medication recommendation (``drug`` task) on MIMIC-III: our model against baselines and published numbers.
+
+Two modes:
+
+1. **Raw MIMIC-III tables** (default: the shipped MIMIC-III demo, 82 patients / 107 admissions). For each of
+   ``--seeds`` patient-level splits (2/3 train, rest halved into test and validation, as SafeDrug), train
+   ``MultiTaskModule`` with only the ``drug`` task and score the test admissions beside three baselines fitted
+   on the same training patients: the ``k`` most frequent drugs (``k`` chosen for the best training Jaccard),
+   the previous admission's drugs (first admissions fall back to the top-``k`` set), and one-vs-rest logistic
+   regression on the multi-hot codes of the admissions so far. Reports mean +- std over seeds.
+2. **SafeDrug / GAMENet processed records** (``--records records.json`` from ``ldoctor.data.safedrug_import``,
+   optional ``--ddi-pairs``): SafeDrug's split (file order), one training run, then 10 bootstrap draws (with
+   replacement) of 80% of the test patients with metrics averaged per patient then over patients, as in
+   SafeDrug's ``test`` routine; printed beside SafeDrug, MoleRec and COGNet's published MIMIC-III numbers.
+
+Metrics follow SafeDrug (threshold 0.5): Jaccard, PRAUC, F1, DDI rate, mean number of drugs.
+
+Example:
+    python benchmarks/drugrec.py --out drugrec.json
+    python benchmarks/drugrec.py --records data/safedrug/records.json --ddi-pairs data/safedrug/ddi_pairs.csv
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import platform
+import statistics
+import sys
+import time
+import warnings
+from functools import partial
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+from sklearn.linear_model import LogisticRegression
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from datamodules.mimic import DEMO_DIR, MIMICDrugDataModule  # noqa: E402
+from ldoctor.data.mimic_records import group_by_patient, load_ddi_matrix  # noqa: E402
+from ldoctor.drug_loss import DrugLoss  # noqa: E402
+from ldoctor.losses import EqualWeighting  # noqa: E402
+from ldoctor.metrics import DrugCount, DrugF1, DrugJaccard, DrugMetrics, DrugPRAUC  # noqa: E402
+from ldoctor.module import MultiTaskModule  # noqa: E402
+
+#: Published MIMIC-III results (SafeDrug protocol: 10 bootstrap draws of 80% of the test set).
+PUBLISHED = {
+    "SafeDrug (Yang et al., IJCAI 2021, Table 2)": {"jaccard": 0.5213, "prauc": 0.7647, "f1": 0.6768,
+                                                    "ddi_rate": 0.0589, "avg_drugs": 19.9178},
+    "COGNet (Wu et al., WWW 2022, Table 2)": {"jaccard": 0.5336, "prauc": 0.7739, "f1": 0.6869,
+                                              "ddi_rate": 0.0852, "avg_drugs": 28.09},
+    "MoleRec (Yang et al., WWW 2023, Table 2)": {"jaccard": 0.5293, "prauc": 0.7746, "f1": 0.6849,
+                                                 "ddi_rate": 0.0726, "avg_drugs": 22.0611},
+}
+METRICS = ("jaccard", "prauc", "f1", "ddi_rate", "avg_drugs")
+
+
+# ------------------------------------------------------------------------------------------- scoring
+def admission_scores(predicted: torch.Tensor, scores: torch.Tensor, target: torch.Tensor,
+                     ddi: torch.Tensor | None) -> dict[str, np.ndarray]:
+    """Per-admission metric values ``{metric: [N]}`` (``ddi_*`` as pair counts, pooled later).
+
+    Args:
+        predicted: 0/1 predicted sets ``[N, D]``.
+        scores: ranking scores ``[N, D]`` (for PRAUC).
+        target: 0/1 true sets ``[N, D]``.
+        ddi: ``[D, D]`` interaction matrix or ``None``.
+    """
+    out = {
+        "jaccard": DrugJaccard().scores(predicted, target),
+        "f1": DrugF1().scores(predicted, target),
+        "prauc": DrugPRAUC().scores(scores, target),
+        "avg_drugs": DrugCount().scores(predicted, target),
+    }
+    k = predicted.sum(dim=1)
+    out["pairs"] = k * (k - 1) / 2
+    out["interacting"] = (0.5 * ((predicted @ ddi) * predicted).sum(dim=1)) if ddi is not None else 0 * k
+    return {key: value.double().numpy() for key, value in out.items()}
+
+
+def summarise(values: dict[str, np.ndarray], rows: np.ndarray | None = None,
+              patients: list[str] | None = None) -> dict[str, float]:
+    """Mean metrics over admissions (``patients=None``) or per patient then over patients (SafeDrug).
+
+    Args:
+        values: from ``admission_scores``.
+        rows: admission indices to use (a bootstrap draw; repeats allowed); ``None`` = all.
+        patients: each admission's patient id, for SafeDrug's patient-level averaging.
+    """
+    rows = np.arange(len(values["jaccard"])) if rows is None else rows
+    result = {}
+    for key in ("jaccard", "f1", "prauc", "avg_drugs"):
+        v = values[key][rows]
+        if patients is None:
+            result[key] = float(np.nanmean(v))
+        else:
+            groups: dict[str, list[float]] = {}
+            for r, value in zip(rows, v):
+                groups.setdefault(f"{patients[r]}#{r}" if False else patients[r], []).append(value)
+            result[key] = float(np.nanmean([np.nanmean(g) for g in groups.values()]))
+    pairs = values["pairs"][rows].sum()
+    result["ddi_rate"] = float(values["interacting"][rows].sum() / pairs) if pairs > 0 else 0.0
+    return result
+
+
+# ------------------------------------------------------------------------------------------- baselines
+def multi_hot(samples: list[dict], vocabulary: list[str]) -> np.ndarray:
+    """``[N, V]`` 0/1: codes of all admissions so far (codes outside the vocabulary are ignored)."""
+    index = {c: i for i, c in enumerate(vocabulary)}
+    x = np.zeros((len(samples), len(vocabulary)), dtype=np.float32)
+    for row, sample in enumerate(samples):
+        for admission in sample["history"]:
+            x[row, [index[c] for c in admission if c in index]] = 1.0
+    return x
+
+
+def labels(samples: list[dict], drugs: list[str]) -> np.ndarray:
+    index = {d: i for i, d in enumerate(drugs)}
+    y = np.zeros((len(samples), len(drugs)), dtype=np.float32)
+    for row, sample in enumerate(samples):
+        y[row, [index[d] for d in sample["drugs"] if d in index]] = 1.0
+    return y
+
+
+def top_k_baseline(y_train: np.ndarray, n_test: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """The ``k`` most frequent training drugs for everyone; ``k`` maximises the training Jaccard."""
+    freq = y_train.mean(axis=0)
+    order = np.argsort(-freq, kind="stable")
+    best_k, best = 1, -1.0
+    for k in range(1, len(order) + 1):
+        pred = np.zeros_like(freq)
+        pred[order[:k]] = 1
+        inter = (y_train * pred).sum(1)
+        jac = float(np.mean(inter / ((y_train + pred) > 0).sum(1)))
+        if jac > best:
+            best_k, best = k, jac
+    pred = np.zeros((n_test, len(freq)), dtype=np.float32)
+    pred[:, order[:best_k]] = 1
+    return pred, np.tile(freq, (n_test, 1)), best_k
+
+
+def previous_admission_baseline(test: list[dict], drugs: list[str], fallback: np.ndarray,
+                                freq: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The drugs of the patient's previous kept admission; the top-k set for first admissions."""
+    index = {d: i for i, d in enumerate(drugs)}
+    pred = fallback.copy()
+    previous: dict[str, list[str]] = {}
+    for row, sample in enumerate(test):
+        subject = sample["id"].split("/")[0]
+        if subject in previous:
+            pred[row] = 0
+            pred[row, [index[d] for d in previous[subject] if d in index]] = 1
+        previous[subject] = sample["drugs"]
+    return pred, pred + freq[None] * 0.5
+
+
+def logistic_baseline(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray) -> np.ndarray:
+    """One-vs-rest L2 logistic regression per drug (``C=1``); constant drugs get their training rate."""
+    probs = np.tile(y_train.mean(axis=0), (len(x_test), 1))
+    for d in range(y_train.shape[1]):
+        if 0 < y_train[:, d].sum() < len(y_train):
+            model = LogisticRegression(C=1.0, max_iter=2000)
+            probs[:, d] = model.fit(x_train, y_train[:, d]).predict_proba(x_test)[:, 1]
+    return probs
+
+
+def baselines(dm: MIMICDrugDataModule, ddi: torch.Tensor | None) -> dict[str, dict[str, np.ndarray]]:
+    """Per-admission scores of the three baselines on ``dm``'s test split."""
+    train, test = dm.split_samples("train"), dm.split_samples("test")
+    drugs, codes = dm.drug_vocabulary, dm.code_vocabulary
+    y_train, y_test = labels(train, drugs), torch.from_numpy(labels(test, drugs))
+    top_pred, top_scores, _ = top_k_baseline(y_train, len(test))
+    prev_pred, prev_scores = previous_admission_baseline(test, drugs, top_pred, y_train.mean(axis=0))
+    lr_probs = logistic_baseline(multi_hot(train, codes), y_train, multi_hot(test, codes))
+    out = {}
+    for name, (pred, scores) in {
+        "most_frequent_k": (top_pred, top_scores),
+        "previous_admission": (prev_pred, prev_scores),
+        "logistic_regression": ((lr_probs >= 0.5).astype(np.float32), lr_probs),
+    }.items():
+        out[name] = admission_scores(torch.from_numpy(pred).float(), torch.from_numpy(scores).float(), y_test, ddi)
+    return out
+
+
+# ------------------------------------------------------------------------------------------- our model
+def train_model(dm: MIMICDrugDataModule, args: argparse.Namespace, seed: int) -> MultiTaskModule:
+    """Fit ``MultiTaskModule`` with only the ``drug`` task (the image trunk stays unused)."""
+    L.seed_everything(seed, workers=True, verbose=False)
+    loss = partial(DrugLoss, margin_weight=args.margin_weight, ddi_weight=args.ddi_weight,
+                   ddi_pairs=args.ddi_pairs if args.ddi_weight > 0 else None)
+    model = MultiTaskModule(
+        dm.tasks, trunk="resnet18", dropout=args.dropout, history_embed_dim=args.embed_dim,
+        history_hidden_dim=args.hidden_dim, weighting=EqualWeighting, task_losses={"drug": loss},
+        metrics={"drug": partial(DrugMetrics, ddi_pairs=args.ddi_pairs)},
+        optimizer=partial(torch.optim.AdamW, lr=args.lr, weight_decay=args.weight_decay),
+    )
+    trainer = L.Trainer(accelerator="cpu", devices=1, max_epochs=args.epochs, logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                        num_sanity_val_steps=0, limit_val_batches=0, deterministic=True)
+    trainer.fit(model, datamodule=dm)
+    return model
+
+
+@torch.no_grad()
+def predict(model: MultiTaskModule, dm: MIMICDrugDataModule) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    """Test probabilities ``[N, D]``, labels ``[N, D]`` and ids, in ``split_samples("test")`` order."""
+    model.eval()
+    probs, target, ids = [], [], []
+    for batch in dm.test_dataloader():
+        probs.append(torch.sigmoid(model.net.forward_task("drug", batch)))
+        target.append(batch["label"])
+        ids += batch["id"]
+    return torch.cat(probs), torch.cat(target), ids
+
+
+def ours(dm: MIMICDrugDataModule, args: argparse.Namespace, seed: int,
+         ddi: torch.Tensor | None) -> tuple[dict[str, np.ndarray], list[str]]:
+    model = train_model(dm, args, seed)
+    probs, target, ids = predict(model, dm)
+    return admission_scores((probs >= 0.5).float(), probs, target, ddi), ids
+
+
+# ------------------------------------------------------------------------------------------- modes
+def mean_std(runs: list[dict[str, float]]) -> dict[str, float]:
+    out = {}
+    for key in METRICS:
+        values = [r[key] for r in runs]
+        out[f"{key}_mean"] = statistics.fmean(values)
+        out[f"{key}_std"] = statistics.stdev(values) if len(values) > 1 else 0.0
+    return out
+
+
+def datamodule(args: argparse.Namespace, split_seed: int | None) -> MIMICDrugDataModule:
+    dm = MIMICDrugDataModule(mimic_dir=args.mimic_dir, ndc_map=args.ndc_map, records=args.records,
+                             top_k_drugs=args.top_k_drugs, min_admissions=args.min_admissions,
+                             split_seed=split_seed, batch_size=args.batch_size)
+    dm.setup("fit")
+    return dm
+
+
+def run_splits(args: argparse.Namespace) -> dict:
+    """Mode 1: repeated patient-level splits, ours vs baselines (mean +- std over seeds)."""
+    runs: dict[str, list[dict[str, float]]] = {}
+    cohort = None
+    for seed in args.seeds:
+        dm = datamodule(args, seed)
+        cohort = cohort or dm.stats.as_dict()
+        ddi = load_ddi_matrix(args.ddi_pairs, dm.drug_vocabulary) if args.ddi_pairs else None
+        scores, _ = ours(dm, args, seed, ddi)
+        runs.setdefault("ours", []).append(summarise(scores))
+        for name, values in baselines(dm, ddi).items():
+            runs.setdefault(name, []).append(summarise(values))
+        logging.info("seed %d: ours %s", seed, runs["ours"][-1])
+    table = {name: mean_std(r) for name, r in runs.items()}
+    best = max((n for n in table if n != "ours"), key=lambda n: table[n]["jaccard_mean"])
+    return {
+        "mode": "splits", "seeds": list(args.seeds), "cohort": cohort, "table": table,
+        "jaccard_mean": table["ours"]["jaccard_mean"], "jaccard_std": table["ours"]["jaccard_std"],
+        "best_baseline": best, "best_baseline_jaccard_mean": table[best]["jaccard_mean"],
+        "per_seed": runs,
+    }
+
+
+def run_bootstrap(args: argparse.Namespace) -> dict:
+    """Mode 2: SafeDrug protocol on processed records (file-order split, 10 x 80% bootstrap of the test set)."""
+    dm = datamodule(args, None)
+    ddi = load_ddi_matrix(args.ddi_pairs, dm.drug_vocabulary) if args.ddi_pairs else None
+    scores, ids = ours(dm, args, args.seeds[0], ddi)
+    patients = [i.split("/")[0] for i in ids]
+    by_patient = group_by_patient({"subject_id": p, "row": r} for r, p in enumerate(patients))
+    rng = np.random.default_rng(args.seeds[0])
+    names = list(by_patient)
+    draws = []
+    for _ in range(args.bootstrap):
+        chosen = rng.choice(len(names), size=round(0.8 * len(names)), replace=True)
+        rows = np.array([rec["row"] for c in chosen for rec in by_patient[names[c]]])
+        draws.append(summarise(scores, rows, patients))
+    return {"mode": "bootstrap", "bootstrap": args.bootstrap, "test_patients": len(names),
+            "test_admissions": len(ids), "table": {"ours": mean_std(draws)}, "published": PUBLISHED,
+            "jaccard_mean": mean_std(draws)["jaccard_mean"]}
+
+
+def print_table(result: dict) -> None:
+    header = f"{'method':<48}" + "".join(f"{m:>18}" for m in METRICS)
+    print(header)
+    for name, row in result["table"].items():
+        print(f"{name:<48}" + "".join(f"{row[m + '_mean']:>10.4f} +-{row[m + '_std']:.4f}" for m in METRICS))
+    for name, row in result.get("published", {}).items():
+        print(f"{name:<48}" + "".join(f"{row[m]:>18.4f}" for m in METRICS))
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--mimic-dir", default=None, help=f"raw MIMIC-III tables (default: shipped demo {DEMO_DIR})")
+    p.add_argument("--ndc-map", default=None, help="NDC -> ATC-3 CSV (default: shipped map)")
+    p.add_argument("--records", default=None, help="records.json from ldoctor.data.safedrug_import (mode 2)")
+    p.add_argument("--ddi-pairs", default=None, help="ATC-3 interaction pairs CSV or ddi_A .npz")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    p.add_argument("--bootstrap", type=int, default=10, help="bootstrap draws in mode 2")
+    p.add_argument("--top-k-drugs", type=int, default=None)
+    p.add_argument("--min-admissions", type=int, default=1)
+    p.add_argument("--epochs", type=int, default=60)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--weight-decay", type=float, default=1e-2)
+    p.add_argument("--dropout", type=float, default=0.3)
+    p.add_argument("--embed-dim", type=int, default=64)
+    p.add_argument("--hidden-dim", type=int, default=64)
+    p.add_argument("--margin-weight", type=float, default=0.0)
+    p.add_argument("--ddi-weight", type=float, default=0.0)
+    p.add_argument("--out", default=None, help="write the result as JSON here")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    if args.records is None and args.mimic_dir is None:
+        args.mimic_dir = str(DEMO_DIR)
+    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+    torch.set_num_threads(2)
+    start = time.time()
+    result = run_bootstrap(args) if args.records is not None else run_splits(args)
+    result.update({"command": " ".join(["python", "benchmarks/drugrec.py", *(argv or sys.argv[1:])]),
+                   "machine": f"{platform.machine()} CPU, {torch.get_num_threads()} threads, no GPU",
+                   "seconds": round(time.time() - start, 1)})
+    print_table(result)
+    if "best_baseline" in result:
+        print(f"ours Jaccard {result['jaccard_mean']:.4f} vs best baseline ({result['best_baseline']}) "
+              f"{result['best_baseline_jaccard_mean']:.4f}")
+    if args.out:
+        Path(args.out).write_text(json.dumps(result, indent=2))
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,148 @@
+"""PneumoniaMNIST: the ``disease`` trunk + head trained from scratch, selected on validation AUROC.
+
+Trains ``MultiTaskModule`` (one binary ``disease`` task, pneumonia vs normal) under ``lightning.Trainer`` on a
+MedMNIST ``.npz``, keeps the epoch with the best ``val/disease/auroc`` and reports its validation metrics,
+plus test metrics when the file has a test split, beside the MedMNIST v2 published ResNet baselines.
+
+    python benchmarks/pneumoniamnist.py --out pneumoniamnist.json
+    python benchmarks/pneumoniamnist.py --npz /data/pneumoniamnist.npz --trunk resnet50 --image-size 128
+
+The shipped file (``ldoctor/demo_data/pneumoniamnist``) has the official train (4,707) and val (524) splits
+only; the official test split (624) is not included, so the published numbers (test split) are context, not a
+like-for-like comparison.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from functools import partial
+from pathlib import Path
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+
+from datamodules.medmnist import PNEUMONIAMNIST_DEMO, MedMNISTDataModule
+from ldoctor.losses import EqualWeighting
+from ldoctor.module import MultiTaskModule
+
+#: MedMNIST v2, PneumoniaMNIST **test** split, (AUC, ACC): Yang et al., "MedMNIST v2 - A large-scale lightweight
+#: benchmark for 2D and 3D biomedical image classification", Scientific Data 10:41 (2023),
+#: doi:10.1038/s41597-022-01721-8, Table 4 (2D benchmark). "(28)"/"(224)" = input resolution.
+PUBLISHED = {
+    "ResNet-18 (28)": (0.944, 0.854),
+    "ResNet-18 (224)": (0.956, 0.864),
+    "ResNet-50 (28)": (0.948, 0.854),
+    "ResNet-50 (224)": (0.962, 0.884),
+    "auto-sklearn": (0.942, 0.855),
+    "AutoKeras": (0.947, 0.878),
+    "Google AutoML Vision": (0.991, 0.946),
+}
+TARGET_VAL_AUROC = 0.96
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--npz", default=PNEUMONIAMNIST_DEMO, help="MedMNIST .npz (default: the shipped train/val cut)")
+    p.add_argument("--trunk", default="resnet18", help="registered trunk name (resnet18, resnet50, ...)")
+    p.add_argument("--weights", default=None, help="local state-dict file for the trunk (default: from scratch)")
+    p.add_argument("--image-size", type=int, default=64, help="side the 28 px images are upsampled to, pixels")
+    p.add_argument("--epochs", type=int, default=12)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--lr", type=float, default=2e-3, help="AdamW learning rate (cosine-annealed to 0)")
+    p.add_argument("--weight-decay", type=float, default=1e-4)
+    p.add_argument("--num-workers", type=int, default=0)
+    p.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0 = torch's default)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--limit-batches", type=int, default=None, help="batches per epoch and split (smoke runs only)")
+    p.add_argument("--out", default=None, help="write the result table as JSON here")
+    return p.parse_args(argv)
+
+
+def _metric(results: list[dict], key: str) -> float | None:
+    return float(results[0][key]) if results and key in results[0] else None
+
+
+def run(args: argparse.Namespace) -> dict:
+    """Train, select on validation AUROC, evaluate; returns the result table."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    L.seed_everything(args.seed, workers=True)
+    dm = MedMNISTDataModule(
+        npz=args.npz, class_names=["normal", "pneumonia"], image_size=args.image_size,
+        batch_size=args.batch_size, num_workers=args.num_workers,
+    )
+    model = MultiTaskModule(
+        tasks=dm.tasks, trunk=args.trunk, trunk_weights=args.weights, dropout=0.1,
+        optimizer=partial(torch.optim.AdamW, lr=args.lr, weight_decay=args.weight_decay),
+        lr_scheduler=partial(torch.optim.lr_scheduler.CosineAnnealingLR, T_max=args.epochs),
+        weighting=EqualWeighting,
+    )
+    with tempfile.TemporaryDirectory(prefix="ldoctor-pneumoniamnist-") as tmp:
+        best = ModelCheckpoint(dirpath=tmp, monitor="val/disease/auroc", mode="max", save_top_k=1)
+        trainer = L.Trainer(
+            max_epochs=args.epochs, accelerator="cpu", devices=1, logger=False, callbacks=[best],
+            enable_progress_bar=False, enable_model_summary=False, deterministic=False,
+            limit_train_batches=args.limit_batches, limit_val_batches=args.limit_batches,
+            limit_test_batches=args.limit_batches,
+        )
+        start = time.perf_counter()
+        trainer.fit(model, datamodule=dm)
+        train_seconds = time.perf_counter() - start
+        val = trainer.validate(model, datamodule=dm, ckpt_path=best.best_model_path, verbose=False)
+        test = (
+            trainer.test(model, datamodule=dm, ckpt_path=best.best_model_path, verbose=False)
+            if dm.test_dataset is not None else []
+        )
+        best_epoch = int(torch.load(best.best_model_path, map_location="cpu", weights_only=False)["epoch"])
+    return {
+        "dataset": Path(args.npz).name,
+        "train_samples": len(dm.train_dataset),
+        "val_samples": len(dm.val_dataset),
+        "test_samples": len(dm.test_dataset) if dm.test_dataset is not None else 0,
+        "trunk": args.trunk,
+        "weights": args.weights or "none (from scratch)",
+        "image_size": args.image_size,
+        "epochs": args.epochs,
+        "best_epoch": best_epoch,
+        "val_auroc": _metric(val, "val/disease/auroc"),
+        "val_accuracy": _metric(val, "val/disease/accuracy"),
+        "test_auroc": _metric(test, "test/disease/auroc"),
+        "test_accuracy": _metric(test, "test/disease/accuracy"),
+        "target_val_auroc": TARGET_VAL_AUROC,
+        "train_seconds": round(train_seconds, 1),
+        "published_test_auc_acc": PUBLISHED,
+    }
+
+
+def format_table(result: dict) -> str:
+    """Our numbers beside the published ones, as a Markdown table."""
+    fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
+    lines = [
+        "| model | split | AUROC | ACC |",
+        "|---|---|---|---|",
+        f"| ldoctor {result['trunk']} ({result['image_size']} px, scratch, epoch {result['best_epoch']}) | val | "
+        f"{fmt(result['val_auroc'])} | {fmt(result['val_accuracy'])} |",
+    ]
+    if result["test_auroc"] is not None:
+        auc, acc = fmt(result["test_auroc"]), fmt(result["test_accuracy"])
+        lines.append(f"| ldoctor {result['trunk']} | test | {auc} | {acc} |")
+    lines += [f"| {name} (MedMNIST v2) | test | {auc:.3f} | {acc:.3f} |" for name, (auc, acc) in PUBLISHED.items()]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    result = run(args)
+    if args.out:
+        Path(args.out).write_text(json.dumps(result, indent=2))
+    print(json.dumps(result, indent=2))
+    print(format_table(result))
+    return result
+
+
+if __name__ == "__main__":
+    main()
