@@ -190,7 +190,7 @@ def baselines(dm: MIMICDrugDataModule, ddi: torch.Tensor | None) -> dict[str, di
 def train_model(dm: MIMICDrugDataModule, args: argparse.Namespace, seed: int) -> MultiTaskModule:
     """Fit ``MultiTaskModule`` with only the ``drug`` task (the image trunk stays unused)."""
     L.seed_everything(seed, workers=True, verbose=False)
-    loss = partial(DrugLoss, margin_weight=args.margin_weight, ddi_weight=args.ddi_weight,
+    loss = partial(DrugLoss, pos_weight=args.pos_weight, margin_weight=args.margin_weight, ddi_weight=args.ddi_weight,
                    ddi_pairs=args.ddi_pairs if args.ddi_weight > 0 else None)
     model = MultiTaskModule(
         dm.tasks, trunk="resnet18", dropout=args.dropout, history_embed_dim=args.embed_dim,
@@ -310,6 +310,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--dropout", type=float, default=0.3)
     p.add_argument("--embed-dim", type=int, default=64)
     p.add_argument("--hidden-dim", type=int, default=64)
+    p.add_argument("--pos-weight", type=float, default=1.0)
     p.add_argument("--margin-weight", type=float, default=0.0)
     p.add_argument("--ddi-weight", type=float, default=0.0)
     p.add_argument("--out", default=None, help="write the result as JSON here")

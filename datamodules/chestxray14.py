@@ -132,7 +132,7 @@ def findings_matrix(
     dummies = text.str.get_dummies(sep="|")
     known = [c.replace(" ", "") for c in classes]
     no_finding = NO_FINDING.replace(" ", "")
-    matrix = dummies.reindex(columns=known, fill_value=0).to_numpy(np.float32)
+    matrix = dummies.reindex(columns=known, fill_value=0).to_numpy(np.float32, copy=True)
     bad: dict[int, str] = {}
     for column in dummies.columns:
         if column in known or column == no_finding:
@@ -324,12 +324,12 @@ class ChestXray14DataModule(TaskDataModule):
             rank_zero_warn(f"ChestX-ray14: skipped bad input (skip_bad=True): {dict(self.skipped)}")
         return records
 
-    def _bad(self, reasons: list[str], kind: str) -> None:
-        """Raise on the first reason, or count them all when ``skip_bad``."""
+    def _bad(self, reasons: list[str], kind: str, error: type[Exception] = BadInput) -> None:
+        """Raise ``error`` on the first reason, or count them all when ``skip_bad``."""
         if not reasons:
             return
         if not self.skip_bad:
-            raise BadInput(reasons[0] + ("" if len(reasons) == 1 else f" (and {len(reasons) - 1} more)"))
+            raise error(reasons[0] + ("" if len(reasons) == 1 else f" (and {len(reasons) - 1} more)"))
         self.skipped[kind] += len(reasons)
         for reason in reasons[:5]:
             log.warning("skipped: %s", reason)
@@ -388,7 +388,7 @@ class ChestXray14DataModule(TaskDataModule):
                 broken.append(f"{path}: {problem}; listed in {table} line {row + 2}; expected a complete PNG")
                 continue
             records.append({"image": str(path), "label": labels[row], "id": name})
-        self._bad(missing, "missing images")
+        self._bad(missing, "missing images", FileNotFoundError)
         self._bad(broken, "unreadable images")
         return records
 

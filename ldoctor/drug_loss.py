@@ -2,7 +2,8 @@
 
 ``total = bce_weight * BCE + margin_weight * margin + ddi_weight * DDI``, where
 
-- ``BCE``: binary cross-entropy with logits over the known (non-NaN) label entries, averaged;
+- ``BCE``: binary cross-entropy with logits over the known (non-NaN) label entries, averaged, true drugs
+  weighted by ``pos_weight``;
 - ``margin``: PyTorch's ``multilabel_margin_loss`` (as in SafeDrug and GAMENet),
   ``sum_{p in true, n not in true} max(0, 1 - (x_p - x_n)) / D``, averaged over the admissions whose labels
   are all known and that have at least one true and one false drug;
@@ -52,6 +53,8 @@ class DrugLoss(nn.Module):
     Args:
         task: the multilabel drug task; its ``class_names`` index the DDI matrix.
         bce_weight: weight of the BCE term.
+        pos_weight: weight of the true drugs in the BCE (> 1 favours recall: with the fixed 0.5 threshold of
+            the SafeDrug protocol this predicts larger sets, which Jaccard rewards when sets are large).
         margin_weight: weight of the multilabel margin term (0 = off).
         ddi_weight: weight of the DDI penalty (0 = off; needs ``ddi_pairs``).
         ddi_pairs: interaction pairs: a CSV ``atc3_a,atc3_b`` or an ``.npz`` with ``ddi_A`` and ``drugs``.
@@ -64,6 +67,7 @@ class DrugLoss(nn.Module):
         self,
         task: TaskSpec,
         bce_weight: float = 1.0,
+        pos_weight: float = 1.0,
         margin_weight: float = 0.0,
         ddi_weight: float = 0.0,
         ddi_pairs: str | None = None,
@@ -71,8 +75,12 @@ class DrugLoss(nn.Module):
         super().__init__()
         if task.kind != "multilabel":
             raise ValueError(f"DrugLoss needs a multilabel task, {task.name!r} is {task.kind}")
-        if min(bce_weight, margin_weight, ddi_weight) < 0:
-            raise ValueError(f"DrugLoss weights must be >= 0, got {bce_weight}, {margin_weight}, {ddi_weight}")
+        if min(bce_weight, margin_weight, ddi_weight) < 0 or pos_weight <= 0:
+            raise ValueError(
+                f"DrugLoss weights must be >= 0 (pos_weight > 0), got bce_weight={bce_weight}, "
+                f"pos_weight={pos_weight}, margin_weight={margin_weight}, ddi_weight={ddi_weight}"
+            )
+        self.pos_weight = pos_weight
         if ddi_weight > 0 and ddi_pairs is None:
             raise ValueError("DrugLoss.ddi_weight > 0 needs ddi_pairs (an ATC-3 pair CSV or a ddi_A .npz)")
         self.bce_weight, self.margin_weight, self.ddi_weight = bce_weight, margin_weight, ddi_weight
@@ -89,7 +97,9 @@ class DrugLoss(nn.Module):
         known = ~torch.isnan(target)
         if not known.any():
             return None
-        total = self.bce_weight * F.binary_cross_entropy_with_logits(logits[known], target[known])
+        pos_weight = torch.tensor(self.pos_weight, device=logits.device)
+        bce = F.binary_cross_entropy_with_logits(logits[known], target[known], pos_weight=pos_weight)
+        total = self.bce_weight * bce
         if self.margin_weight > 0:
             complete = known.all(dim=1)
             rows = complete & (torch.nan_to_num(target) > 0.5).any(dim=1) & (target < 0.5).any(dim=1)

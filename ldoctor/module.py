@@ -21,6 +21,31 @@ from ldoctor.tasks import TaskSpec, validate_tasks
 SPLITS = ("val", "test")
 
 
+def read_multitask_checkpoint(path: str, tasks: list[TaskSpec]) -> tuple[list[TaskSpec], dict[str, torch.Tensor]]:
+    """Task specs and state dict of a MultiTaskModule checkpoint, checked against the data's ``tasks``.
+
+    Returns:
+        The checkpoint's full task list and its ``state_dict``.
+    """
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError as err:
+        raise FileNotFoundError(f"{path}: init_checkpoint not found") from err
+    hparams = checkpoint.get("hyper_parameters", {})
+    if "tasks" not in hparams or "state_dict" not in checkpoint:
+        raise ValueError(f"{path}: not a MultiTaskModule checkpoint (no task list or state_dict)")
+    saved = {t["name"]: TaskSpec(**t) for t in hparams["tasks"]}
+    for spec in tasks:
+        if spec.name not in saved:
+            raise ValueError(f"{path}: has no task {spec.name!r}; it holds {sorted(saved)}")
+        if saved[spec.name] != spec:
+            raise ValueError(
+                f"{path}: task {spec.name!r} differs from the data's (classes or vocabulary changed); "
+                "fine-tuning needs the same outputs"
+            )
+    return list(saved.values()), checkpoint["state_dict"]
+
+
 class MultiTaskModule(L.LightningModule):
     """Shared trunk, one head per task, masked per-task losses combined by a weighting strategy.
 
@@ -44,6 +69,10 @@ class MultiTaskModule(L.LightningModule):
         metrics: per-task metric-collection factories, called with the task's spec; default by kind.
         trunk_lr_factor: the trunk's learning rate = optimizer LR times this.
         channels_last: run the trunk in channels-last memory format (faster convolutions on GPUs).
+        init_checkpoint: start from the weights of this multi-task ``.ckpt`` (per-task fine-tuning). The model
+            keeps the checkpoint's full task list; ``tasks`` (the data's) must be among them, and the heads of
+            every other task are frozen, so they leave fine-tuning bit-identical. Not a resume: use
+            ``fit --ckpt_path`` to continue an interrupted run.
     """
 
     def __init__(
@@ -61,12 +90,18 @@ class MultiTaskModule(L.LightningModule):
         metrics: dict[str, MetricsCallable] | None = None,
         trunk_lr_factor: float = 1.0,
         channels_last: bool = False,
+        init_checkpoint: str | None = None,
     ) -> None:
         super().__init__()
         tasks = [t if isinstance(t, TaskSpec) else TaskSpec(**t) for t in tasks]
+        trained_tasks = list(validate_tasks(tasks))
+        state = None
+        if init_checkpoint is not None:
+            tasks, state = read_multitask_checkpoint(init_checkpoint, tasks)
         self.task_specs = validate_tasks(tasks)
         self.save_hyperparameters(ignore=["optimizer", "lr_scheduler", "weighting", "task_losses", "metrics"])
         self.hparams["tasks"] = [asdict(t) for t in tasks]
+        self.hparams["init_checkpoint"] = None  # the weights now live in this module's own checkpoints
         self.net = MultiTaskNet(tasks, trunk, trunk_weights, dropout, history_embed_dim, history_hidden_dim)
         self.net.channels_last = channels_last
         self.weighting = weighting(list(self.task_specs))
@@ -84,9 +119,27 @@ class MultiTaskModule(L.LightningModule):
                 for n, spec in self.task_specs.items()
             }
         )
+        if state is not None:
+            self._load_initial_state(state, init_checkpoint, trained_tasks)
+        self._metrics_updated: set[str] = set()
         self.optimizer_factory = optimizer
         self.lr_scheduler_factory = lr_scheduler
         self.trunk_lr_factor = trunk_lr_factor
+
+    def _load_initial_state(self, state: dict[str, torch.Tensor], path: str, trained_tasks: list[str]) -> None:
+        """Copy the net and weighting weights of a checkpoint; freeze the heads of tasks not trained now."""
+        own = {k: v for k, v in state.items() if k.startswith(("net.", "weighting."))}
+        missing, unexpected = self.load_state_dict(own, strict=False)
+        missing = [k for k in missing if k.startswith(("net.", "weighting."))]
+        if missing or unexpected:
+            raise RuntimeError(f"{path}: checkpoint does not fit the model; missing {missing}, unexpected {unexpected}")
+        for name in self.task_specs:
+            if name not in trained_tasks:
+                for container in (self.net.heads, self.net.history, self.net.image_fusion):
+                    if name in container:
+                        container[name].requires_grad_(False)
+                if name in self.net.no_image:
+                    self.net.no_image[name].requires_grad_(False)
 
     # ----------------------------------------------------------------------------------- model access
     @property
@@ -107,11 +160,18 @@ class MultiTaskModule(L.LightningModule):
             self.net.trunk.to(memory_format=torch.channels_last)
 
     # ----------------------------------------------------------------------------------- training
+    def _data_task_names(self) -> list[str]:
+        """Task order of the attached DataModule (``task_names`` or ``tasks``); else this model's tasks."""
+        dm = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+        names = getattr(dm, "task_names", None) or [t.name for t in getattr(dm, "tasks", [])]
+        return names or self.task_names
+
     def _as_task_batches(self, batch: Any) -> dict[str, dict]:
         if isinstance(batch, dict) and "label" in batch:
-            if len(self.task_specs) != 1:
-                raise ValueError("a single task batch needs a single-task model; use MultiTaskDataModule")
-            return {self.task_names[0]: batch}
+            names = self._data_task_names()
+            if len(names) != 1:
+                raise ValueError(f"got a single task batch but the data serves tasks {names}; use MultiTaskDataModule")
+            return {names[0]: batch}
         return {name: b for name, b in batch.items() if b is not None}
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor | None:
@@ -134,10 +194,7 @@ class MultiTaskModule(L.LightningModule):
 
     # ----------------------------------------------------------------------------------- evaluation
     def _eval_task_name(self, dataloader_idx: int) -> str:
-        dm = getattr(self.trainer, "datamodule", None)
-        names = getattr(dm, "task_names", None) or [t.name for t in getattr(dm, "tasks", [])]
-        if not names and len(self.task_specs) == 1:
-            names = self.task_names
+        names = self._data_task_names()
         if dataloader_idx >= len(names):
             raise RuntimeError(
                 f"cannot tell which task dataloader {dataloader_idx} serves: use a DataModule with `tasks`"
@@ -153,6 +210,7 @@ class MultiTaskModule(L.LightningModule):
         prepared = prepare_for_metrics(self.task_specs[name], logits, batch["label"])
         if prepared is not None:
             self.task_metrics[f"{split}_{name}"].update(*prepared)
+            self._metrics_updated.add(f"{split}_{name}")
 
     def validation_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
         self._eval_step("val", batch, dataloader_idx)
@@ -163,12 +221,14 @@ class MultiTaskModule(L.LightningModule):
     def _log_epoch_metrics(self, split: str) -> None:
         aurocs = []
         for name in self.task_names:
-            collection: MetricCollection = self.task_metrics[f"{split}_{name}"]
-            if not any(m.update_called for m in collection.values()):
+            key = f"{split}_{name}"
+            if key not in self._metrics_updated:
                 continue
-            for key, value in collection.compute().items():
-                self.log(f"{split}/{name}/{key}", value, add_dataloader_idx=False)
-                if key == "auroc" and not math.isnan(float(value)):
+            self._metrics_updated.discard(key)
+            collection: MetricCollection = self.task_metrics[key]
+            for metric, value in collection.compute().items():
+                self.log(f"{split}/{name}/{metric}", value, add_dataloader_idx=False)
+                if metric == "auroc" and not math.isnan(float(value)):
                     aurocs.append(float(value))
             collection.reset()
         if aurocs:

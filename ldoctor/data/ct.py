@@ -319,16 +319,16 @@ def read_enhanced_ct(path: str | Path, require_hu: bool = True) -> CTVolume:
         measures = _frame_item(ds, f, "PixelMeasuresSequence")
         frame.PixelSpacing = measures.PixelSpacing
         frame.SliceThickness = measures.get("SliceThickness", 1.0)
-        frame.FrameIndex = f
+        frame.frame_index = f
         headers.append((path.with_name(f"{path.name}[frame {f}]"), frame))
     _check_same(headers, "ImageOrientationPatient", "ImageOrientationPatient")
     headers, _ = order_slices(headers)
     pixels = ds.pixel_array.reshape(frames, int(ds.Rows), int(ds.Columns)).astype(np.float32)
     slabs = []
     for _, frame in headers:
-        item = rescale[frame.FrameIndex]
+        item = rescale[frame.frame_index]
         slope, intercept = float(item.get("RescaleSlope", 1.0)), float(item.get("RescaleIntercept", 0.0))
-        slabs.append((pixels[frame.FrameIndex] * slope + intercept).T)
+        slabs.append((pixels[frame.frame_index] * slope + intercept).T)
     affine = slice_affine(headers[0][1], headers[-1][1], frames)
     return CTVolume(np.stack(slabs, axis=-1), affine, str(ds.SeriesInstanceUID), str(ds.get("PatientID", "")), str(path))
 
@@ -364,3 +364,66 @@ def read_ct(path: str | Path) -> CTVolume:
     if path.is_file() and is_dicom_file(path):
         return read_enhanced_ct(path)
     raise FileNotFoundError(f"{path}: expected a DICOM series folder, a multi-frame .dcm file or a .nii/.nii.gz file")
+
+
+def write_ct_series(
+    volume: CTVolume,
+    folder: str | Path,
+    study_uid: str | None = None,
+    slope: float = 1.0,
+    intercept: float = -1024.0,
+    description: str = "ldoctor CT",
+) -> list[str]:
+    """Write a volume as a DICOM CT series (one uncompressed file per slice), the inverse of
+    :func:`read_dicom_series`.
+
+    ``ImageOrientationPatient`` and ``PixelSpacing`` come from the first two affine columns,
+    ``ImagePositionPatient`` of slice ``k`` is ``affine @ (0, 0, k, 1)``, stored values are
+    ``round((HU - intercept) / slope)`` as signed 16 bit. Files are named ``{InstanceNumber:04d}.dcm`` with
+    instance 1 = the last slice (scanners number from head to feet), so readers must sort by position.
+
+    Args:
+        volume: ``hu`` ``[columns, rows, slices]``, its affine (columns 0 and 1 orthogonal), series and patient.
+        folder: output folder (created).
+        study_uid: StudyInstanceUID (derived from the series UID when None).
+        slope: RescaleSlope.
+        intercept: RescaleIntercept.
+        description: SeriesDescription.
+
+    Returns:
+        The slices' ``SOPInstanceUID`` in slice order ``k = 0, 1, ...``.
+    """
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    column_step, row_step = volume.affine[:3, 0], volume.affine[:3, 1]
+    spacing = (float(np.linalg.norm(row_step)), float(np.linalg.norm(column_step)))
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID = CTImageStorage
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.SOPClassUID, ds.Modality = CTImageStorage, "CT"
+    ds.PatientID = ds.PatientName = volume.patient_id
+    ds.StudyInstanceUID = study_uid or generate_uid(entropy_srcs=[volume.series_uid, "study"])
+    ds.SeriesInstanceUID, ds.SeriesDescription = volume.series_uid, description
+    ds.ImageOrientationPatient = [f"{v:.6f}" for v in (*column_step / spacing[1], *row_step / spacing[0])]
+    ds.PixelSpacing = [f"{spacing[0]:.6g}", f"{spacing[1]:.6g}"]
+    ds.SliceThickness = f"{float(np.linalg.norm(volume.affine[:3, 2])):.6g}"
+    ds.Columns, ds.Rows, slices = volume.hu.shape
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
+    ds.RescaleIntercept, ds.RescaleSlope, ds.RescaleType = f"{intercept:g}", f"{slope:g}", "HU"
+    stored = np.clip(np.round((volume.hu - intercept) / slope), -32768, 32767).astype(np.int16)
+    sop_uids = []
+    for k in range(slices):
+        sop = generate_uid(entropy_srcs=[volume.series_uid, str(k)])
+        position = volume.affine @ np.array([0.0, 0.0, k, 1.0])
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = sop
+        ds.InstanceNumber = slices - k
+        ds.ImagePositionPatient = [f"{v:.4f}" for v in position[:3]]
+        ds.PixelData = np.ascontiguousarray(stored[:, :, k].T).tobytes()
+        ds.save_as(folder / f"{slices - k:04d}.dcm", enforce_file_format=True)
+        sop_uids.append(sop)
+    return sop_uids

@@ -29,7 +29,6 @@ import numpy as np
 import torch
 from monai.config import KeysCollection
 from monai.transforms import (
-    CastToTyped,
     Compose,
     EnsureTyped,
     MapTransform,
@@ -240,7 +239,7 @@ def nodule_preprocess(
         [
             NodulePatchd("image", size_mm=size_mm, spacing_mm=spacing_mm),
             ScaleIntensityRanged("image", a_min=hu_window[0], a_max=hu_window[1], b_min=0.0, b_max=1.0, clip=True),
-            CastToTyped("image", dtype=np.float16),
+            EnsureTyped("image", dtype=torch.float16, track_meta=False),
             EnsureTyped("label", dtype=torch.float32, track_meta=False),
             SelectItemsd(["image", "label", "id"]),
         ]

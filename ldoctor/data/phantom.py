@@ -28,10 +28,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import generate_uid
 from scipy.ndimage import gaussian_filter
 
+from ldoctor.data.ct import CTVolume, write_ct_series
 from ldoctor.data.lidc_annotations import (
     Contour,
     ReaderAnnotation,
@@ -42,9 +42,6 @@ from ldoctor.data.lidc_annotations import (
 )
 
 logger = logging.getLogger(__name__)
-
-#: Stored value = HU - intercept; signed 16-bit like LIDC-IDRI (RescaleIntercept -1024, slope 1).
-RESCALE_INTERCEPT = -1024.0
 
 
 @dataclass(frozen=True)
@@ -178,60 +175,16 @@ def render_volume(members: Sequence[ReaderAnnotation], grid: CaseGrid, seed: int
     return hu.astype(np.float32), agreement
 
 
-def _template(patient_id: str, study_uid: str, series_uid: str, grid: CaseGrid, description: str) -> Dataset:
-    ds = Dataset()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.MediaStorageSOPClassUID = CTImageStorage
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.SOPClassUID = CTImageStorage
-    ds.Modality = "CT"
-    ds.PatientID = patient_id
-    ds.PatientName = patient_id
-    ds.StudyInstanceUID = study_uid
-    ds.SeriesInstanceUID = series_uid
-    ds.SeriesDescription = description
-    ds.ImageOrientationPatient = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
-    ds.PixelSpacing = [f"{grid.spacing[1]:.6g}", f"{grid.spacing[0]:.6g}"]
-    ds.SliceThickness = f"{grid.spacing[2]:.6g}"
-    ds.Rows, ds.Columns = grid.shape[1], grid.shape[2]
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
-    ds.RescaleIntercept = f"{RESCALE_INTERCEPT:g}"
-    ds.RescaleSlope = "1"
-    ds.RescaleType = "HU"
-    return ds
+def grid_volume(hu: np.ndarray, grid: CaseGrid, patient_id: str, series_uid: str) -> CTVolume:
+    """The rendered ``[slices, rows, columns]`` HU as a :class:`CTVolume` in patient coordinates.
 
-
-def write_dicom_series(hu: np.ndarray, grid: CaseGrid, folder: Path, patient_id: str, study_uid: str,
-                       series_uid: str, description: str = "ldoctor virtual case") -> list[str]:
-    """Write ``hu`` ``[slices, rows, columns]`` as a CT series, one file per slice.
-
-    The crop's pixel ``(column, row)`` lies at LPS ``(x, y) = (-256 * spacing + (column0 + column) * spacing,
-    ...)``: a 512-pixel field of view centred on the scanner axis, as in most LIDC scans. Files are named
-    ``{InstanceNumber:04d}.dcm`` with instance 1 the most superior slice.
-
-    Returns:
-        The ``SOPInstanceUID`` of every slice, in increasing z order.
+    The crop's pixel ``(column, row)`` lies at LPS ``x = (column0 + column - 256) * column spacing`` (and the
+    same for y): a 512-pixel field of view centred on the scanner axis, as in most LIDC scans; slice ``k`` at
+    ``z_mm[k]``.
     """
-    folder.mkdir(parents=True, exist_ok=True)
-    ds = _template(patient_id, study_uid, series_uid, grid, description)
-    x0 = (grid.origin[0] - 256) * grid.spacing[0]
-    y0 = (grid.origin[1] - 256) * grid.spacing[1]
-    stored = np.clip(np.round(hu - RESCALE_INTERCEPT), -32768, 32767).astype(np.int16)
-    sop_uids = []
-    for k, z in enumerate(grid.z_mm):
-        sop = generate_uid(entropy_srcs=[series_uid, str(k)])
-        instance = len(grid.z_mm) - k
-        ds.SOPInstanceUID = sop
-        ds.file_meta.MediaStorageSOPInstanceUID = sop
-        ds.InstanceNumber = instance
-        ds.ImagePositionPatient = [f"{x0:.4f}", f"{y0:.4f}", f"{z:.4f}"]
-        ds.SliceLocation = f"{z:.4f}"
-        ds.PixelData = stored[k].tobytes()
-        ds.save_as(folder / f"{instance:04d}.dcm", enforce_file_format=True)
-        sop_uids.append(sop)
-    return sop_uids
+    affine = np.diag([grid.spacing[0], grid.spacing[1], grid.spacing[2], 1.0])
+    affine[:3, 3] = [(grid.origin[0] - 256) * grid.spacing[0], (grid.origin[1] - 256) * grid.spacing[1], grid.z_mm[0]]
+    return CTVolume(np.ascontiguousarray(hu.transpose(2, 1, 0)), affine, series_uid, patient_id, "")
 
 
 def moved_annotation(member: ReaderAnnotation, grid: CaseGrid, sop_uids: list[str], series_uid: str,
@@ -257,7 +210,8 @@ def render_case(members: Sequence[ReaderAnnotation], scan: ScanInfo, folder: str
         style: appearance.
 
     Returns:
-        ``{"case_id", "folder", "series_uid", "patient_id", "slices", "readers"}``.
+        ``{"case_id", "folder", "series_uid", "patient_id", "slices", "readers", "origin"}`` (``origin``: the
+        crop's ``(column0, row0)`` in the original scan's pixel grid).
     """
     folder = Path(folder)
     grid = case_grid([c for m in members for c in m.contours], scan, style.size_mm)
@@ -265,11 +219,12 @@ def render_case(members: Sequence[ReaderAnnotation], scan: ScanInfo, folder: str
     hu, _ = render_volume(members, grid, seed, style)
     study_uid = generate_uid(entropy_srcs=[scan.series_uid, "study"])
     series_uid = generate_uid(entropy_srcs=[case_id, "series"])
-    sop_uids = write_dicom_series(hu, grid, folder, scan.patient_id, study_uid, series_uid)
+    volume = grid_volume(hu, grid, scan.patient_id, series_uid)
+    sop_uids = write_ct_series(volume, folder, study_uid, description="ldoctor virtual LIDC case")
     sessions = [[moved_annotation(m, grid, sop_uids, series_uid, f"reader{r + 1}")] for r, m in enumerate(members)]
     write_lidc_xml(folder / "annotations.xml", series_uid, study_uid, sessions)
     return {"case_id": case_id, "folder": str(folder), "series_uid": series_uid, "patient_id": scan.patient_id,
-            "slices": grid.shape[0], "readers": len(members)}
+            "slices": grid.shape[0], "readers": len(members), "origin": list(grid.origin)}
 
 
 def render_virtual_cases(

@@ -171,7 +171,8 @@ def _voi_to_unit(values: np.ndarray, ds: pydicom.Dataset) -> np.ndarray:
     """VOI LUT, window or min-max: modality values -> ``[0, 1]``."""
     if "VOILUTSequence" in ds:
         bits = int(ds.VOILUTSequence[0].LUTDescriptor[2])
-        return np.clip(apply_voi_lut(values, ds, prefer_lut=True) / (2**bits - 1), 0.0, 1.0)
+        lut_input = np.round(values).astype(np.int64)  # a VOI LUT maps integer values
+        return np.clip(apply_voi_lut(lut_input, ds, prefer_lut=True) / (2**bits - 1), 0.0, 1.0)
     if "WindowCenter" in ds and "WindowWidth" in ds:
         center = _first(ds.WindowCenter)
         width = max(_first(ds.WindowWidth), 1e-6)

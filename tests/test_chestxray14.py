@@ -1,0 +1,276 @@
+"""ChestX-ray14 DataModule: the real label table, the NIH layout, patient-wise splits, caching, bad input."""
+
+from __future__ import annotations
+
+import gzip
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from datamodules.chestxray14 import (
+    FINDINGS_COLUMN,
+    PATIENT_COLUMN,
+    ChestXray14DataModule,
+    assert_patient_disjoint,
+    findings_matrix,
+    read_label_table,
+    split_by_patient,
+)
+from ldoctor.data.nih_writer import write_nih_dataset
+from ldoctor.tasks import CHESTXRAY14_FINDINGS
+
+DATA = Path(__file__).parent / "data" / "nih"
+REAL_TABLE = DATA / "Data_Entry_2017_v2020.csv.gz"
+
+
+# ---------------------------------------------------------------------------------------------- real table
+@pytest.fixture(scope="module")
+def real_table() -> pd.DataFrame:
+    return read_label_table(REAL_TABLE)
+
+
+def test_real_label_table_counts(real_table):
+    """Known facts of the official table (NIH Data_Entry_2017_v2020.csv)."""
+    assert len(real_table) == 112_120
+    assert real_table[PATIENT_COLUMN].nunique() == 30_805
+    labels, bad = findings_matrix(real_table[FINDINGS_COLUMN], REAL_TABLE)
+    assert bad == []
+    assert labels.shape == (112_120, 14)
+    counts = dict(zip(CHESTXRAY14_FINDINGS, labels.sum(axis=0).astype(int)))
+    assert counts["Hernia"] == 227
+    assert counts["Infiltration"] == 19_894
+    assert int((labels.sum(axis=1) == 0).sum()) == 60_361  # "No Finding" rows are all zero
+    assert int((real_table[FINDINGS_COLUMN] == "No Finding").sum()) == 60_361
+
+
+def test_real_table_patient_wise_split_is_disjoint(real_table):
+    splits = split_by_patient(real_table, None, val_fraction=0.1, test_fraction=0.2, seed=0)
+    assert sum(len(s) for s in splits.values()) == 112_120
+    assert_patient_disjoint(splits)
+    patients = {k: v[PATIENT_COLUMN].nunique() for k, v in splits.items()}
+    assert patients["test"] == round(0.2 * 30_805)
+    assert patients["val"] == round(0.1 * (30_805 - patients["test"]))
+    again = split_by_patient(real_table, None, val_fraction=0.1, test_fraction=0.2, seed=0)
+    assert all(splits[k].index.equals(again[k].index) for k in splits)  # seeded: reproducible
+
+
+def test_a_patient_in_two_splits_is_refused():
+    table = pd.DataFrame({PATIENT_COLUMN: [1, 2, 3]})
+    with pytest.raises(ValueError, match=r"patients leak between the train and test splits.*\[2\]"):
+        assert_patient_disjoint({"train": table.iloc[:2], "val": table.iloc[2:], "test": table.iloc[1:2]})
+
+
+# ---------------------------------------------------------------------------------------------- synthetic NIH
+@pytest.fixture()
+def nih(tmp_path):
+    return write_nih_dataset(tmp_path / "nih", num_patients=24, image_size=32, seed=1)
+
+
+def _dm(root, tmp_path=None, **kwargs) -> ChestXray14DataModule:
+    kwargs.setdefault("image_size", 32)
+    kwargs.setdefault("batch_size", 8)
+    return ChestXray14DataModule(str(root), **kwargs)
+
+
+def _ids(dm, split):
+    return [r["id"] for r in dm.records[split]]
+
+
+def test_official_lists_labels_and_patient_disjoint_validation(nih):
+    dm = _dm(nih.root)
+    dm.setup("fit")
+    assert dm.official_split
+    assert sorted(_ids(dm, "test")) == sorted(nih.test)
+    assert sorted(_ids(dm, "train") + _ids(dm, "val")) == sorted(nih.train_val)
+    assert dm.patients["val"] and not (dm.patients["val"] & dm.patients["train"])
+    assert not (dm.patients["test"] & (dm.patients["train"] | dm.patients["val"]))
+    truth = dict(zip(nih.table["Image Index"], nih.labels))
+    for split in ("train", "val", "test"):
+        for record in dm.records[split]:
+            np.testing.assert_array_equal(record["label"], truth[record["id"]])
+    batch = next(iter(dm.val_dataloader()))
+    assert batch["image"].shape == (len(batch["id"]), 3, 32, 32) and batch["image"].dtype == torch.float32
+    assert batch["label"].shape == (len(batch["id"]), 14)
+    expected = torch.from_numpy(np.stack([truth[i] for i in batch["id"]]))
+    torch.testing.assert_close(batch["label"], expected)
+    assert dm.task.class_names == list(CHESTXRAY14_FINDINGS)
+
+
+def test_nested_release_layout_and_gzipped_table(tmp_path):
+    nih = write_nih_dataset(tmp_path / "nih", num_patients=12, image_size=32, nested=True, gzip_table=True)
+    assert (tmp_path / "nih" / "Data_Entry_2017_v2020.csv.gz").is_file()
+    dm = _dm(nih.root)
+    dm.setup("fit")
+    paths = [Path(r["image"]) for split in dm.records.values() for r in split]
+    assert len(paths) == len(nih.table)
+    assert {p.parent.parent.name for p in paths} == {"images_001", "images_002"}
+
+
+def test_without_list_files_a_seeded_patient_split_and_a_warning(tmp_path):
+    nih = write_nih_dataset(tmp_path / "nih", num_patients=30, image_size=32, list_files=False)
+    with pytest.warns(UserWarning, match="NOT comparable to the official"):
+        dm = _dm(nih.root, seed=3, test_fraction=0.2)
+        dm.setup("fit")
+    assert not dm.official_split
+    assert len(dm.patients["test"]) == 6
+    assert not (dm.patients["test"] & dm.patients["train"]) and not (dm.patients["val"] & dm.patients["train"])
+    with pytest.warns(UserWarning):
+        other = _dm(nih.root, seed=4, test_fraction=0.2)
+        other.setup("fit")
+    assert other.patients["test"] != dm.patients["test"]
+
+
+def test_view_and_follow_up_filters(nih):
+    dm = _dm(nih.root, view_positions=["pa"], max_follow_up=0)
+    dm.setup("fit")
+    views = dict(zip(nih.table["Image Index"], nih.table["View Position"]))
+    ids = [i for split in ("train", "val", "test") for i in _ids(dm, split)]
+    assert ids and all(views[i] == "PA" for i in ids) and all(i.endswith("_000.png") for i in ids)
+    expected = nih.table[(nih.table["View Position"] == "PA") & (nih.table["Follow-up #"] == 0)]
+    assert sorted(ids) == sorted(expected["Image Index"])
+
+
+def test_pos_weight_from_training_labels(nih):
+    dm = _dm(nih.root)
+    dm.setup("fit")
+    truth = dict(zip(nih.table["Image Index"], nih.labels))
+    train = np.stack([truth[i] for i in _ids(dm, "train")])
+    positives = train.sum(0)
+    expected = np.where(positives > 0, (len(train) - positives) / np.maximum(positives, 1), 1.0)
+    torch.testing.assert_close(dm.pos_weight(), torch.tensor(expected, dtype=torch.float32))
+
+
+def test_cache_means_later_epochs_never_decode_again(nih, tmp_path):
+    dm = _dm(nih.root, cache_dir=str(tmp_path / "cache"))
+    dm.setup("fit")
+    first = [dm.val_dataset[i]["image"] for i in range(len(dm.val_dataset))]
+    cached = list((tmp_path / "cache" / "chestxray14_32px").glob("*.pt"))
+    assert len(cached) == len(dm.val_dataset)
+    shutil.rmtree(nih.root / "images")  # no PNG left to decode
+    again = [dm.val_dataset[i]["image"] for i in range(len(dm.val_dataset))]
+    for a, b in zip(first, again):
+        torch.testing.assert_close(a, b)
+    stored = torch.load(cached[0], weights_only=True)
+    assert stored["image"].dtype == torch.uint8 and stored["image"].shape == (1, 32, 32)
+
+
+def test_cache_dir_inside_the_data_folder_is_refused(nih):
+    with pytest.raises(ValueError, match="inside the data folder"):
+        _dm(nih.root, cache_dir=str(nih.root / "cache"))
+
+
+# ---------------------------------------------------------------------------------------------- bad input
+def _rewrite_table(root: Path, edit) -> None:
+    path = root / "Data_Entry_2017_v2020.csv"
+    table = pd.read_csv(path)
+    edit(table).to_csv(path, index=False)
+
+
+def test_image_listed_but_missing(nih):
+    gone = nih.image_paths[5]
+    gone.unlink()
+    row = 5 + 2  # line in the CSV (header = line 1)
+    message = rf"{gone.name}: listed in .*Data_Entry_2017_v2020.csv line {row}, not found"
+    with pytest.raises(FileNotFoundError, match=message):
+        _dm(nih.root).setup("fit")
+    dm = _dm(nih.root, skip_bad=True)
+    with pytest.warns(UserWarning, match="skipped bad input"):
+        dm.setup("fit")
+    assert dm.skipped == {"missing images": 1}
+    assert gone.name not in [i for s in dm.records for i in _ids(dm, s)]
+
+
+def test_table_without_a_needed_column(nih):
+    _rewrite_table(nih.root, lambda t: t.drop(columns=["Patient ID"]))
+    with pytest.raises(ValueError, match=r"Data_Entry_2017_v2020.csv: missing column\(s\) \['Patient ID'\]"):
+        _dm(nih.root).setup("fit")
+    with pytest.raises(ValueError, match="missing column"):  # not skippable: nothing could be trained
+        _dm(nih.root, skip_bad=True).setup("fit")
+
+
+def test_filter_column_needed_only_when_filtering(nih):
+    _rewrite_table(nih.root, lambda t: t.drop(columns=["View Position"]))
+    _dm(nih.root).setup("fit")
+    with pytest.raises(ValueError, match=r"missing column\(s\) \['View Position'\]"):
+        _dm(nih.root, view_positions=["PA"]).setup("fit")
+
+
+def test_truncated_png(nih):
+    bad = nih.image_paths[3]
+    bad.write_bytes(bad.read_bytes()[:200])
+    message = rf"{bad.name}: no IEND chunk at the end \(truncated PNG\); listed in .* line 5"
+    with pytest.raises(ValueError, match=message):
+        _dm(nih.root).setup("fit")
+    dm = _dm(nih.root, skip_bad=True)
+    with pytest.warns(UserWarning):
+        dm.setup("fit")
+    assert dm.skipped == {"unreadable images": 1}
+
+
+def test_list_entry_absent_from_the_table(nih):
+    with (nih.root / "test_list.txt").open("a") as f:
+        f.write("99999999_000.png\n")
+    line = len(nih.test) + 1
+    with pytest.raises(ValueError, match=rf"test_list.txt line {line}: '99999999_000.png' is not in .*Data_Entry"):
+        _dm(nih.root).setup("fit")
+    dm = _dm(nih.root, skip_bad=True)
+    with pytest.warns(UserWarning):
+        dm.setup("fit")
+    assert dm.skipped == {"list entries absent from the label table": 1}
+    assert sorted(_ids(dm, "test")) == sorted(nih.test)
+
+
+def test_one_list_file_without_the_other(nih):
+    (nih.root / "train_val_list.txt").unlink()
+    with pytest.raises(FileNotFoundError, match="train_val_list.txt: not found"):
+        _dm(nih.root).setup("fit")
+
+
+def test_official_lists_that_split_a_patient(nih):
+    moved = nih.train_val[0]
+    patient = int(moved[:8])
+    siblings = nih.table[(nih.table["Patient ID"] == patient)]
+    if len(siblings) < 2:  # make sure the patient has a second study left in train_val
+        pytest.skip("first train_val patient has a single study")
+    (nih.root / "train_val_list.txt").write_text("\n".join(nih.train_val[1:]) + "\n")
+    (nih.root / "test_list.txt").write_text("\n".join([*nih.test, moved]) + "\n")
+    with pytest.raises(ValueError, match=rf"patients leak between the .* splits: 1 patient\(s\), e.g. \[{patient}\]"):
+        _dm(nih.root).setup("fit")
+
+
+def test_filter_that_empties_a_split(nih):
+    with pytest.raises(ValueError, match=r"the ChestX-ray14 train split is empty \(view_positions=\['LL'\]"):
+        _dm(nih.root, view_positions=["LL"]).setup("fit")
+    with pytest.raises(ValueError, match="val split is empty"):
+        _dm(nih.root, val_fraction=0.0).setup("fit")
+
+
+def test_unknown_finding_names_the_line(nih):
+    _rewrite_table(nih.root, lambda t: t.assign(**{"Finding Labels": ["Atelectasis|Tumour", *t["Finding Labels"][1:]]}))
+    with pytest.raises(ValueError, match=r"line 2: unknown finding 'Tumour'"):
+        _dm(nih.root).setup("fit")
+    dm = _dm(nih.root, skip_bad=True)
+    with pytest.warns(UserWarning):
+        dm.setup("fit")
+    assert dm.skipped == {"bad label rows": 1}
+
+
+def test_findings_matrix_hand_computed():
+    labels, bad = findings_matrix(pd.Series(["No Finding", "Hernia|Atelectasis", "Edema", "No Finding|Mass", ""]))
+    assert labels[0].sum() == 0
+    assert labels[1, CHESTXRAY14_FINDINGS.index("Hernia")] == 1 and labels[1, 0] == 1 and labels[1].sum() == 2
+    assert labels[2, CHESTXRAY14_FINDINGS.index("Edema")] == 1 and labels[2].sum() == 1
+    assert [row for row, _ in bad] == [3, 4] and np.isnan(labels[3]).all() and np.isnan(labels[4]).all()
+    assert "'No Finding' together with findings" in bad[0][1] and "line 6: empty" in bad[1][1]
+
+
+def test_gzipped_table_reads_like_the_plain_one(tmp_path, nih):
+    plain = nih.root / "Data_Entry_2017_v2020.csv"
+    packed = tmp_path / "Data_Entry_2017.csv.gz"
+    with gzip.open(packed, "wb") as f:
+        f.write(plain.read_bytes())
+    pd.testing.assert_frame_equal(read_label_table(plain), read_label_table(packed))
