@@ -6,7 +6,8 @@ from collections.abc import Callable
 from typing import Any
 
 import lightning as L
-from torch.utils.data import DataLoader, Dataset
+import torch
+from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler
 
 from ldoctor.tasks import TaskSpec
 
@@ -49,15 +50,23 @@ class TaskDataModule(L.LightningDataModule):
         """Collate function of every loader; ``None`` = PyTorch's default."""
         return None
 
-    def _loader(self, dataset: Dataset | None, split: str, shuffle: bool) -> DataLoader:
+    def _loader(
+        self,
+        dataset: Dataset | None,
+        split: str,
+        shuffle: bool,
+        sampler: Sampler | None = None,
+        batch_size: int | None = None,
+    ) -> DataLoader:
         if dataset is None:
             raise RuntimeError(
                 f"{type(self).__name__} has no {split} dataset: call setup() first, or the data has no {split} split"
             )
         return DataLoader(
             dataset,
-            batch_size=self.batch_size,
-            shuffle=shuffle,
+            batch_size=batch_size or self.batch_size,
+            shuffle=shuffle if sampler is None else False,
+            sampler=sampler,
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             persistent_workers=self.num_workers > 0,
@@ -67,6 +76,12 @@ class TaskDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train_dataset, "train", shuffle=True)
+
+    def sampled_train_dataloader(self, num_batches: int, batch_size: int, seed: int = 0) -> DataLoader:
+        """``num_batches`` batches of ``batch_size`` training samples drawn with replacement (task mixing)."""
+        generator = torch.Generator().manual_seed(seed)
+        sampler = RandomSampler(self.train_dataset, replacement=True, num_samples=num_batches * batch_size, generator=generator)
+        return self._loader(self.train_dataset, "train", shuffle=False, sampler=sampler, batch_size=batch_size)
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.val_dataset, "val", shuffle=False)
