@@ -176,15 +176,22 @@ class MultiTaskModule(L.LightningModule):
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor | None:
         losses: dict[str, torch.Tensor] = {}
+        unlabelled: list[torch.Tensor] = []
         for name, task_batch in self._as_task_batches(batch).items():
             logits = self.net.forward_task(name, task_batch)
             loss = self.task_losses[name](logits, task_batch["label"])
-            if loss is not None:
-                losses[name] = loss
-                self.log(f"train/{name}/loss", loss, batch_size=len(task_batch["label"]))
+            if loss is None:
+                unlabelled.append(logits)
+                continue
+            losses[name] = loss
+            self.log(f"train/{name}/loss", loss, batch_size=len(task_batch["label"]))
         if not losses:
             return None
         total = self.weighting(losses)
+        for logits in unlabelled:
+            # a task without labels in this step adds exactly 0 but keeps its head in the graph, so every DDP
+            # rank reduces the same parameters (plain ``ddp`` needs no ``find_unused_parameters``)
+            total = total + 0.0 * logits.float().sum()
         batch_size = sum(len(b["label"]) for b in self._as_task_batches(batch).values())
         self.log("train/loss", total, prog_bar=True, batch_size=batch_size)
         self.log("train/loss_unweighted", torch.stack(list(losses.values())).sum().detach(), batch_size=batch_size)
@@ -206,7 +213,9 @@ class MultiTaskModule(L.LightningModule):
         logits = self.net.forward_task(name, batch)
         loss = self.task_losses[name](logits, batch["label"])
         if loss is not None:
-            self.log(f"{split}/{name}/loss", loss, batch_size=len(batch["label"]), add_dataloader_idx=False)
+            self.log(
+                f"{split}/{name}/loss", loss, batch_size=len(batch["label"]), add_dataloader_idx=False, sync_dist=True
+            )
         prepared = prepare_for_metrics(self.task_specs[name], logits, batch["label"])
         if prepared is not None:
             self.task_metrics[f"{split}_{name}"].update(*prepared)

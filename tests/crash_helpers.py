@@ -15,3 +15,27 @@ class Slowdown(L.Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         time.sleep(self.seconds)
+
+
+class RankDump(L.Callback):
+    """Write each rank's weighting parameters, trunk weights and last validation metrics to ``out_dir``."""
+
+    def __init__(self, out_dir: str) -> None:
+        self.out_dir = out_dir
+        self.val_metrics: dict[str, float] = {}
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        self.val_metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        import torch
+
+        state = {
+            "rank": trainer.global_rank,
+            "world_size": trainer.world_size,
+            "log_vars": pl_module.weighting.log_vars.detach().clone(),
+            "trunk": {k: v.detach().clone() for k, v in pl_module.backbone.state_dict().items()},
+            "val_metrics": self.val_metrics,
+            "val_samples": len(trainer.val_dataloaders["tumor"].sampler),
+        }
+        torch.save(state, f"{self.out_dir}/rank{trainer.global_rank}.pt")

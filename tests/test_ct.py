@@ -32,8 +32,9 @@ def one_slice_series(tmp_path: Path, source: Path) -> Path:
 
 
 def synthetic_volume(shape=(6, 5, 4), spacing=(0.7, 0.8, 2.5), origin=(-100.0, -50.0, -300.0),
-                     directions=np.eye(3), series_uid="1.2.3.4.5") -> CTVolume:
+                     directions=None, series_uid="1.2.3.4.5") -> CTVolume:
     """HU value 100 * i + 10 * j + k - 1000 at voxel (i, j, k): every voxel says where it is."""
+    directions = np.eye(3) if directions is None else directions
     i, j, k = np.meshgrid(*(np.arange(n) for n in shape), indexing="ij")
     affine = np.eye(4)
     affine[:3, :3] = directions * np.asarray(spacing)

