@@ -122,7 +122,7 @@ def run(args: argparse.Namespace) -> dict:
                 tasks=dm.tasks, trunk=args.trunk, trunk_weights=args.weights, weighting=EqualWeighting,
                 optimizer=partial(torch.optim.AdamW, lr=args.lr, weight_decay=1e-5), task_losses=losses,
             )
-            best = ModelCheckpoint(dirpath=tmp, monitor="val/disease/auroc", mode="max", save_top_k=1)
+            best = ModelCheckpoint(dirpath=Path(tmp) / "checkpoints", monitor="val/disease/auroc", mode="max")
             trainer = L.Trainer(max_epochs=args.epochs, callbacks=[best], **trainer_kwargs)
             trainer.fit(model, datamodule=dm)
             ckpt = best.best_model_path

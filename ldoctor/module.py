@@ -155,7 +155,7 @@ class MultiTaskModule(L.LightningModule):
         """``{task: task batch}`` -> ``{task: logits}``."""
         return self.net(batches)
 
-    def on_fit_start(self) -> None:
+    def setup(self, stage: str) -> None:
         if self.net.channels_last:
             self.net.trunk.to(memory_format=torch.channels_last)
 
@@ -177,7 +177,8 @@ class MultiTaskModule(L.LightningModule):
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor | None:
         losses: dict[str, torch.Tensor] = {}
         unlabelled: list[torch.Tensor] = []
-        for name, task_batch in self._as_task_batches(batch).items():
+        batches = self._as_task_batches(batch)
+        for name, task_batch in batches.items():
             logits = self.net.forward_task(name, task_batch)
             loss = self.task_losses[name](logits, task_batch["label"])
             if loss is None:
@@ -192,7 +193,7 @@ class MultiTaskModule(L.LightningModule):
             # a task without labels in this step adds exactly 0 but keeps its head in the graph, so every DDP
             # rank reduces the same parameters (plain ``ddp`` needs no ``find_unused_parameters``)
             total = total + 0.0 * logits.float().sum()
-        batch_size = sum(len(b["label"]) for b in self._as_task_batches(batch).values())
+        batch_size = sum(len(b["label"]) for b in batches.values())
         self.log("train/loss", total, prog_bar=True, batch_size=batch_size)
         self.log("train/loss_unweighted", torch.stack(list(losses.values())).sum().detach(), batch_size=batch_size)
         for name, weight in self.weighting.weights().items():

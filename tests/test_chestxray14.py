@@ -274,3 +274,31 @@ def test_gzipped_table_reads_like_the_plain_one(tmp_path, nih):
     with gzip.open(packed, "wb") as f:
         f.write(plain.read_bytes())
     pd.testing.assert_frame_equal(read_label_table(plain), read_label_table(packed))
+
+
+def test_real_images_in_the_nih_layout_with_their_real_labels(tmp_path, real_table):
+    """Real PNGs of four sizes/modes + their rows of the real table (2017 file name) through the DataModule."""
+    picks = ["1024/00000013_003.png", "512/00027426_000.png", "512/00000001_000.png", "256/00000001_002.png",
+             "256/00000011_000.png", "256/00000032_023.png", "128rgb/00000003_000.png"]
+    root = tmp_path / "nih"
+    (root / "images").mkdir(parents=True)
+    for pick in picks:
+        shutil.copy(DATA / "images" / pick, root / "images" / Path(pick).name)
+    names = [Path(p).name for p in picks]
+    rows = real_table[real_table["Image Index"].isin(names)]
+    rows.to_csv(root / "Data_Entry_2017.csv", index=False)
+    with pytest.warns(UserWarning, match="NOT comparable"):
+        dm = ChestXray14DataModule(str(root), image_size=64, batch_size=16, val_fraction=0.2, test_fraction=0.2)
+        dm.setup("fit")
+    records = {r["id"]: r for split in dm.records.values() for r in split}
+    assert sorted(records) == sorted(names)
+    hernia = CHESTXRAY14_FINDINGS.index("Hernia")
+    assert records["00000003_000.png"]["label"][hernia] == 1 and records["00000003_000.png"]["label"].sum() == 1
+    assert records["00027426_000.png"]["label"].sum() == 0  # No Finding
+    edema, infiltration = CHESTXRAY14_FINDINGS.index("Edema"), CHESTXRAY14_FINDINGS.index("Infiltration")
+    assert records["00000032_023.png"]["label"][[edema, infiltration]].tolist() == [1, 1]
+    for dataset in (dm.train_dataset, dm.val_dataset, dm.test_dataset):
+        for i in range(len(dataset)):
+            image = dataset[i]["image"]
+            assert image.shape == (3, 64, 64) and image.dtype == torch.float32
+            assert -2.2 < float(image.min()) < -1.0 and 1.5 < float(image.max()) < 2.7
