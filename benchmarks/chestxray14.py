@@ -7,9 +7,9 @@ macro AUROC (validation = a patient-wise share of train_val), then scores the of
     python benchmarks/chestxray14.py --root /data/nih-cxr14 --out chestxray14.json
     python benchmarks/chestxray14.py --root /data/nih-cxr14 --ckpt outputs/chestxray14/best.ckpt
 
-Published numbers are context, not a like-for-like comparison: Wang et al. (CVPR 2017) used the official
-split with the 2017 labels; CheXNet (Rajpurkar et al. 2017) used its own random patient-wise split; neither
-used the 2020 revision of the label table. AUROC here is scikit-learn's ``roc_auc_score`` per finding.
+Published numbers are context, not a like-for-like comparison: Wang et al. (CVPR 2017) and CheXNet
+(Rajpurkar et al. 2017) used their own splits and the 2017 labels, not necessarily the official test list nor
+the 2020 revision of the label table. AUROC here is scikit-learn's ``roc_auc_score`` per finding.
 """
 
 from __future__ import annotations

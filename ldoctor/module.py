@@ -10,6 +10,7 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 from torchmetrics import MetricCollection
 
@@ -156,8 +157,22 @@ class MultiTaskModule(L.LightningModule):
         return self.net(batches)
 
     def setup(self, stage: str) -> None:
+        if stage == "fit":
+            self._set_auto_pos_weights()
         if self.net.channels_last:
             self.net.trunk.to(memory_format=torch.channels_last)
+
+    def _set_auto_pos_weights(self) -> None:
+        """Give losses built with ``pos_weight="auto"`` the class balance of their task's training labels."""
+        dm = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+        for name, loss in self.task_losses.items():
+            if not getattr(loss, "auto_pos_weight", False):
+                continue
+            task_dm = getattr(dm, "datamodules", {}).get(name, dm)
+            if task_dm is None or not hasattr(task_dm, "pos_weight"):
+                raise ValueError(f"task {name!r} asks for pos_weight='auto' but its DataModule has no pos_weight()")
+            loss.set_pos_weight(task_dm.pos_weight())
+            rank_zero_info(f"{name}: pos_weight from the training labels: {loss.pos_weight.tolist()}")
 
     # ----------------------------------------------------------------------------------- training
     def _data_task_names(self) -> list[str]:

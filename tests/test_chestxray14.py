@@ -302,3 +302,17 @@ def test_real_images_in_the_nih_layout_with_their_real_labels(tmp_path, real_tab
             image = dataset[i]["image"]
             assert image.shape == (3, 64, 64) and image.dtype == torch.float32
             assert -2.2 < float(image.min()) < -1.0 and 1.5 < float(image.max()) < 2.7
+
+
+def test_in_memory_cache_gives_the_same_tensors_as_decoding(nih):
+    plain, memory = _dm(nih.root), _dm(nih.root, cache_in_memory=True)
+    plain.setup("fit")
+    memory.setup("fit")
+    shutil.rmtree(nih.root / "images")  # the in-memory cache was filled in setup
+    for i in range(len(memory.val_dataset)):
+        cached = memory.val_dataset[i]
+        assert cached["id"] == plain.records["val"][i]["id"]
+        assert cached["image"].shape == (3, 32, 32)
+    with pytest.raises(RuntimeError) as error:  # MONAI wraps the loader's error: "applying transform ..."
+        plain.val_dataset[0]  # the uncached dataset still needs the PNGs
+    assert isinstance(error.value.__cause__, FileNotFoundError) and "image file not found" in str(error.value.__cause__)

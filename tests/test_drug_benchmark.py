@@ -55,7 +55,8 @@ def test_split_mode_end_to_end_on_synthetic_mimic(tmp_path, capsys):
     assert 0 <= result["jaccard_mean"] <= 1 and 0 <= result["best_baseline_jaccard_mean"] <= 1
     assert result["best_baseline_jaccard_mean"] == max(
         row["jaccard_mean"] for name, row in result["table"].items() if name != "ours")
-    assert result["table"]["logistic_regression"]["jaccard_mean"] > 0.8  # the structure is learnable
+    table = result["table"]  # the diagnosis -> drug structure is learnable: codes beat the drug frequencies
+    assert table["logistic_regression"]["jaccard_mean"] > table["most_frequent_k"]["jaccard_mean"] + 0.2
     assert result["cohort"]["admissions"] == truth.admissions
     assert "best baseline" in capsys.readouterr().out
 
@@ -70,6 +71,6 @@ def test_bootstrap_mode_on_synthetic_safedrug_records(tmp_path, capsys):
     assert result["test_patients"] == 7  # int(45 * 2/3) = 30 train, then int(15 / 2) = 7 test
     row = result["table"]["ours"]
     assert 0 <= row["ddi_rate_mean"] <= 1 and row["jaccard_std"] >= 0
-    assert result["published"]["SafeDrug (Yang et al., IJCAI 2021, Table 2)"]["jaccard"] == 0.5213
+    assert result["published"]["SafeDrug (Yang et al., IJCAI 2021)"]["jaccard"] == 0.5213
     printed = capsys.readouterr().out
     assert "SafeDrug" in printed and "MoleRec" in printed and "COGNet" in printed

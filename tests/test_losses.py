@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import pytest
 import torch
@@ -107,3 +108,20 @@ def test_every_weighting_rejects_unknown_and_empty(cls):
     with pytest.raises(ValueError, match="no task has a labelled sample"):
         w({})
     assert set(w.weights()) == {"a", "b"}
+
+
+def test_auto_pos_weight_comes_from_the_task_datamodule(tmp_path):
+    import lightning as L
+    from conftest import tiny_trainer_kwargs
+
+    from datamodules.medmnist import MedMNISTDataModule
+    from ldoctor.module import MultiTaskModule
+
+    dm = MedMNISTDataModule(class_names=["pneumonia"], image_size=28, batch_size=8)
+    model = MultiTaskModule(dm.tasks, trunk="resnet18",
+                            task_losses={"disease": partial(MaskedBCEWithLogits, pos_weight="auto")})
+    assert model.task_losses["disease"].pos_weight.tolist() == [1.0]
+    trainer = L.Trainer(**tiny_trainer_kwargs(tmp_path, max_steps=1, limit_val_batches=0))
+    trainer.fit(model, datamodule=dm)
+    # the shipped PneumoniaMNIST train split: 1,213 normal, 3,494 pneumonia
+    assert model.task_losses["disease"].pos_weight.tolist() == pytest.approx([1213 / 3494])

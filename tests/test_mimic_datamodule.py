@@ -134,6 +134,19 @@ def test_model_learns_the_synthetic_diagnosis_to_drug_structure(tmp_path):
     model.train()
     trainer.fit(model, datamodule=dm)
     (result,) = trainer.test(model, datamodule=dm, verbose=False)
-    print(before, result)
     assert result["test/drug/jaccard"] > 0.8 > before + 0.4
     assert result["test/drug/prauc"] > 0.9
+
+
+def test_mimic_drug_config_trains_on_the_shipped_demo(tmp_path):
+    from ldoctor.cli import LDoctorCLI
+
+    cli = LDoctorCLI(args=["fit", "--config", "configs/mimic_drug.yaml", f"--trainer.default_root_dir={tmp_path}",
+                           "--trainer.max_epochs=1", "--trainer.limit_train_batches=2",
+                           "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false"])
+    assert isinstance(cli.datamodule, MIMICDrugDataModule)
+    assert cli.model.task_specs["drug"].code_vocabulary == cli.datamodule.code_vocabulary
+    assert isinstance(cli.model.task_losses["drug"], DrugLoss)
+    logged = cli.trainer.callback_metrics
+    assert {"val/drug/jaccard", "val/drug/prauc", "val/drug/f1", "val/drug/avg_drugs"} <= set(logged)
+    assert 0.0 <= float(logged["val/drug/jaccard"]) <= 1.0

@@ -9,18 +9,14 @@ from torch import nn
 class HistoryEncoder(nn.Module):
     """Encode a patient's admissions so far into one vector.
 
-    Each admission's codes (diagnoses, procedures and, optionally, earlier admissions' drugs; one shared
-    vocabulary) are embedded and summed, then layer-normalised (admissions carry 1 to ~80 codes, so raw sums
-    differ 10-fold in scale and would saturate the GRU's gates). A GRU runs over the admissions in time order;
-    the output is its state after the last real admission plus a linear projection of that (current)
-    admission's own vector, a skip path that lets the current codes act directly, as a logistic regression on
-    codes would, while the GRU carries the history.
+    Each admission's codes (diagnoses and procedures, one shared vocabulary) are embedded and summed;
+    a GRU runs over the admissions in time order and its state after the last real admission is the output.
 
     Args:
         vocab_size: number of codes, not counting padding index 0.
         embed_dim: code embedding width.
         hidden_dim: GRU state width = output width.
-        dropout: dropout on the admission vectors.
+        dropout: dropout on the admission embeddings.
 
     Example:
         >>> enc = HistoryEncoder(vocab_size=10, embed_dim=8, hidden_dim=16)
@@ -32,13 +28,8 @@ class HistoryEncoder(nn.Module):
     def __init__(self, vocab_size: int, embed_dim: int = 64, hidden_dim: int = 128, dropout: float = 0.2) -> None:
         super().__init__()
         self.embedding = nn.Embedding(vocab_size + 1, embed_dim, padding_idx=0)
-        nn.init.normal_(self.embedding.weight, std=embed_dim**-0.5)
-        with torch.no_grad():
-            self.embedding.weight[0].zero_()
-        self.norm = nn.LayerNorm(embed_dim)
         self.dropout = nn.Dropout(dropout)
         self.gru = nn.GRU(embed_dim, hidden_dim, batch_first=True)
-        self.current = nn.Linear(embed_dim, hidden_dim)
         self.out_features = hidden_dim
 
     def forward(self, codes: torch.Tensor) -> torch.Tensor:
@@ -47,12 +38,10 @@ class HistoryEncoder(nn.Module):
                 order, padded admissions are all-zero rows.
 
         Returns:
-            ``[batch, hidden_dim]``: GRU state after each patient's last real admission + projection of
-            that admission's vector.
+            ``[batch, hidden_dim]``: the state after each patient's last real admission.
         """
-        admissions = self.dropout(self.norm(self.embedding(codes).sum(dim=2)))  # [B, A, E]
+        admissions = self.dropout(self.embedding(codes).sum(dim=2))  # [B, A, E]
         lengths = (codes != 0).any(dim=2).sum(dim=1).clamp(min=1)
         packed = nn.utils.rnn.pack_padded_sequence(admissions, lengths.cpu(), batch_first=True, enforce_sorted=False)
         _, state = self.gru(packed)
-        current = admissions[torch.arange(codes.shape[0], device=codes.device), lengths - 1]  # [B, E]
-        return state[-1] + self.current(current)
+        return state[-1]
