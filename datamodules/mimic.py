@@ -22,7 +22,6 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
 import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import Dataset
@@ -172,7 +171,9 @@ class MIMICDrugDataModule(TaskDataModule):
         mimic_dir: folder with ``ADMISSIONS``, ``DIAGNOSES_ICD``, ``PROCEDURES_ICD``, ``PRESCRIPTIONS``
             (``.csv`` or ``.csv.gz``). ``None`` (and no ``records``) = the shipped MIMIC-III demo.
         ndc_map: NDC -> ATC-3 CSV (``ndc,atc3``); ``None`` = the shipped map (MIT, from MoleRec).
-        records: a ``records.json`` from ``ldoctor.data.safedrug_import`` instead of ``mimic_dir``.
+        records: a ``records.json`` from ``ldoctor.data.safedrug_import`` instead of ``mimic_dir`` (SafeDrug /
+            GAMENet pickles are converted once by that module, which refuses to unpickle without its explicit
+            ``--allow-pickle`` flag: a pickle can run code). Use ``split_seed: null`` for SafeDrug's split.
         images: optional CSV ``hadm_id,image_path`` linking admissions to a radiograph (PNG or DICOM);
             batches then carry ``image`` and ``has_image``.
         top_k_drugs: keep only the k most frequent ATC-3 classes; ``None`` keeps all.
@@ -329,20 +330,3 @@ class MIMICDrugDataModule(TaskDataModule):
         self.drug_vocabulary, self.code_vocabulary = drugs, codes
         if self.train_dataset is not None:
             self.setup("fit")
-
-
-def cohort_frame(datamodule: MIMICDrugDataModule) -> pd.DataFrame:
-    """One row per kept admission: subject_id, hadm_id, split, n_codes, n_drugs (for inspection)."""
-    datamodule.prepare()
-    rows = [
-        {
-            "subject_id": r["subject_id"],
-            "hadm_id": r["hadm_id"],
-            "split": split,
-            "n_codes": len(r["diagnoses"]) + len(r["procedures"]),
-            "n_drugs": len(r["drugs"]),
-        }
-        for split, records in datamodule.splits.items()
-        for r in records
-    ]
-    return pd.DataFrame(rows)

@@ -94,9 +94,11 @@ def test_images_linked_to_admissions(tmp_path, demo_dm):
     batch = collate_drug_batch([dm.train_dataset[row], dm.train_dataset[other]])
     assert batch["image"].shape == (2, 3, 32, 32) and batch["has_image"].tolist() == [True, False]
     assert batch["image"][0].std() > 0.1 and not batch["image"][1].any()
-    model = MultiTaskModule(dm.tasks, trunk="resnet18", weighting=EqualWeighting).eval()
-    # eval mode: in training mode the core net sends only the one linked image through the trunk and
-    # BatchNorm rejects a batch of one (reported to the lead)
+    model = MultiTaskModule(dm.tasks, trunk="resnet18", weighting=EqualWeighting)
+    # training mode with a single linked image in the batch: every row goes through the trunk, so BatchNorm
+    # never sees a batch of one
+    assert model.training and model.net.forward_task("drug", batch).shape == (2, 106)
+    model.eval()  # no dropout: the rows can be compared
     logits = model.net.forward_task("drug", batch)
     assert logits.shape == (2, 106)
     no_image = model.net.forward_task("drug", {**batch, "has_image": torch.tensor([False, False])})
@@ -150,3 +152,17 @@ def test_mimic_drug_config_trains_on_the_shipped_demo(tmp_path):
     logged = cli.trainer.callback_metrics
     assert {"val/drug/jaccard", "val/drug/prauc", "val/drug/f1", "val/drug/avg_drugs"} <= set(logged)
     assert 0.0 <= float(logged["val/drug/jaccard"]) <= 1.0
+
+
+def test_checkpoint_vocabularies_re_encode_other_data(demo_dm):
+    other = MIMICDrugDataModule(split_seed=1, batch_size=8)
+    other.setup("fit")
+    assert other.code_vocabulary != demo_dm.code_vocabulary
+    with pytest.warns(UserWarning, match="re-encoding the datasets with the checkpoint's"):
+        other.load_state_dict(demo_dm.state_dict())
+    assert other.code_vocabulary == demo_dm.code_vocabulary and other.task.num_outputs == 106
+    sample = other.train_dataset[0]
+    record = next(r for r in other.splits["train"] if f"{r['subject_id']}/{r['hadm_id']}" == sample["id"])
+    current = _decode(sample["codes"], demo_dm.code_vocabulary)[-1]
+    expected = ["D:" + c for c in record["diagnoses"]] + ["P:" + c for c in record["procedures"]]
+    assert current == [c if c in demo_dm.code_vocabulary else "<unk>" for c in expected]

@@ -213,7 +213,8 @@ class CTAugmentation:
         flip: flip along each of x, y, z.
         rotate90: 90-degree rotations in each of the three planes.
         rotate_degrees: small affine rotation about each axis, degrees (uniform in ``[-r, r]``).
-        scale: relative zoom range of the affine (0.1 = +-10 %).
+        scale: relative zoom range of the affine (0.1 = +-10 %). Off by default: nodule size is the strongest
+            malignancy cue, and zooming changes it.
         translate_mm: affine shift range in mm (= samples at 1 mm).
         noise_std: Gaussian intensity noise, in units of the windowed ``[0, 1]`` intensity.
         prob: probability of each transform.
@@ -222,7 +223,7 @@ class CTAugmentation:
     flip: bool = True
     rotate90: bool = True
     rotate_degrees: float = 10.0
-    scale: float = 0.1
+    scale: float = 0.0
     translate_mm: float = 2.0
     noise_std: float = 0.02
     prob: float = 0.5

@@ -125,18 +125,14 @@ def write_synthetic_mimic(
         for visit in range(rng.randint(1, max_admissions)):
             hadm += 1
             truth.admissions += 1
-            tables["ADMISSIONS"].append(
-                [row, subject, hadm, f"{2100 + visit}-0{rng.randint(1, 9)}-15 08:30:00"]
-            )
+            tables["ADMISSIONS"].append([row, subject, hadm, f"{2100 + visit}-0{rng.randint(1, 9)}-15 08:30:00"])
             codes = rng.sample(sorted(diagnosis_drugs), rng.randint(2, 4))
             drugs = sorted({d for c in codes for d in diagnosis_drugs[c]})
             truth.drug_sets[str(hadm)] = drugs
             for seq, code in enumerate(codes, start=1):
                 tables["DIAGNOSES_ICD"].append([row, subject, hadm, seq, code])
                 row += 1
-            tables["PROCEDURES_ICD"].append(
-                [row, subject, hadm, 1, f"{rng.randint(10, 99)}{rng.randint(10, 99)}"]
-            )
+            tables["PROCEDURES_ICD"].append([row, subject, hadm, 1, f"{rng.randint(10, 99)}{rng.randint(10, 99)}"])
             for drug in drugs:
                 tables["PRESCRIPTIONS"].append([row, subject, hadm, "MAIN", drug, rng.choice(ndcs[drug])])
                 row += 1

@@ -98,9 +98,7 @@ def load_pickle(path: str | Path, allow_pickle: bool = False) -> object:
         try:
             import dill  # noqa: PLC0415 (optional dependency, only for dill-written vocabularies)
         except ModuleNotFoundError:
-            raise ModuleNotFoundError(
-                f"{path} was written by dill ({err}); `pip install dill` to import it"
-            ) from None
+            raise ModuleNotFoundError(f"{path} was written by dill ({err}); `pip install dill` to import it") from None
         return dill.loads(data)
 
 
@@ -115,9 +113,7 @@ def _words(voc: object, name: str, path: Path) -> list[str]:
 
 def _convert_visit(visit: object, vocab: dict[str, list[str]], where: str) -> dict:
     if not (isinstance(visit, list | tuple) and len(visit) >= 3):
-        raise ValueError(
-            f"{where}: expected [diagnosis ids, procedure ids, drug ids], got {type(visit).__name__}"
-        )
+        raise ValueError(f"{where}: expected [diagnosis ids, procedure ids, drug ids], got {type(visit).__name__}")
     out = {}
     for key, ids in zip(("diagnoses", "procedures", "drugs"), visit[:3]):
         words = vocab[key]
@@ -174,9 +170,7 @@ def import_safedrug(
         adjacency = np.asarray(load_pickle(ddi_path, allow_pickle), dtype=np.float32)
         n = len(vocab["drugs"])
         if adjacency.shape != (n, n):
-            raise ValueError(
-                f"{ddi_path}: DDI matrix has shape {adjacency.shape}, expected {n}x{n} (med_voc)"
-            )
+            raise ValueError(f"{ddi_path}: DDI matrix has shape {adjacency.shape}, expected {n}x{n} (med_voc)")
         np.savez(out_dir / "ddi_A.npz", ddi_A=adjacency, drugs=np.array(vocab["drugs"]))
         write_ddi_pairs(
             out_dir / "ddi_pairs.csv",
@@ -219,9 +213,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--records", required=True, help="records_final.pkl")
     parser.add_argument("--voc", required=True, help="voc_final.pkl")
     parser.add_argument("--ddi", default=None, help="ddi_A_final.pkl (optional)")
-    parser.add_argument(
-        "--out", required=True, help="output folder for records.json / ddi_A.npz / ddi_pairs.csv"
-    )
+    parser.add_argument("--out", required=True, help="output folder for records.json / ddi_A.npz / ddi_pairs.csv")
     parser.add_argument("--allow-pickle", action="store_true", help="required: pickles can run code")
     args = parser.parse_args(argv)
     import_safedrug(args.records, args.voc, args.out, args.ddi, args.allow_pickle)

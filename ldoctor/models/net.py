@@ -70,9 +70,10 @@ class MultiTaskNet(nn.Module):
         fused = self.no_image[name].expand_as(history)
         has_image = batch.get("has_image")
         if has_image is not None and bool(has_image.any()):
-            projected = self.image_fusion[name](self.image_features(batch["image"][has_image]))
-            fused = fused.clone()
-            fused[has_image] = projected.to(fused.dtype)
+            # every row goes through the trunk (zeros where there is no image), so BatchNorm never sees a
+            # batch of one image; rows without an image keep the learned "no image" vector
+            projected = self.image_fusion[name](self.image_features(batch["image"])).to(history.dtype)
+            fused = torch.where(has_image.view(-1, 1), projected, fused)
         else:
             # An empty projection keeps the fusion layer in the autograd graph (zero gradient, no effect on the
             # output), so plain DDP sees the same used parameters whether or not a batch has images.
