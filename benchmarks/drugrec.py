@@ -7,7 +7,10 @@ Two modes:
    ``MultiTaskModule`` with only the ``drug`` task and score the test admissions beside three baselines fitted
    on the same training patients: the ``k`` most frequent drugs (``k`` chosen for the best training Jaccard),
    the previous admission's drugs (first admissions fall back to the top-``k`` set), and one-vs-rest logistic
-   regression on the multi-hot codes of the admissions so far. Reports mean +- std over seeds.
+   regression on the multi-hot codes of the admissions so far. Reports mean +- std over seeds. Our head options
+   (``--wide``, ``--copy``, ``--wide-dropout``, ``--weight-decay``) each take one or more values: with several,
+   every combination is trained on the training patients and the one with the best VALIDATION Jaccard is
+   scored on the test patients (the test split is never used to choose).
 2. **SafeDrug / GAMENet processed records** (``--records records.json`` from ``ldoctor.data.safedrug_import``,
    optional ``--ddi-pairs``): SafeDrug's split (file order), one training run, then 10 bootstrap draws (with
    replacement) of 80% of the test patients with metrics averaged per patient then over patients, as in
@@ -23,6 +26,7 @@ Example:
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import logging
 import platform
@@ -214,8 +218,12 @@ def baselines(dm: MIMICDrugDataModule, ddi: torch.Tensor | None) -> dict[str, di
 
 
 # ------------------------------------------------------------------------------------------- our model
-def train_model(dm: MIMICDrugDataModule, args: argparse.Namespace, seed: int) -> MultiTaskModule:
-    """Fit ``MultiTaskModule`` with only the ``drug`` task (the image trunk stays unused)."""
+def train_model(dm: MIMICDrugDataModule, args: argparse.Namespace, seed: int, head: dict) -> MultiTaskModule:
+    """Fit ``MultiTaskModule`` with only the ``drug`` task (the image trunk stays unused).
+
+    Args:
+        head: one candidate head setting ``{"code_wide", "code_copy", "wide_dropout", "weight_decay"}``.
+    """
     L.seed_everything(seed, workers=True, verbose=False)
     loss = partial(
         DrugLoss,
@@ -230,13 +238,15 @@ def train_model(dm: MIMICDrugDataModule, args: argparse.Namespace, seed: int) ->
         dropout=args.dropout,
         history_embed_dim=args.embed_dim,
         history_hidden_dim=args.hidden_dim,
+        code_wide=head["code_wide"],
+        code_copy=head["code_copy"],
+        wide_dropout=head["wide_dropout"],
+        prior_bias=["drug"] if args.prior_bias else None,
         weighting=EqualWeighting,
         task_losses={"drug": loss},
         metrics={"drug": partial(DrugMetrics, ddi_pairs=args.ddi_pairs)},
-        optimizer=partial(torch.optim.AdamW, lr=args.lr, weight_decay=args.weight_decay),
+        optimizer=partial(torch.optim.AdamW, lr=args.lr, weight_decay=head["weight_decay"]),
     )
-    if args.prior_bias:
-        init_prior_bias(model, dm.train_dataset.labels)
     trainer = L.Trainer(
         accelerator="cpu",
         devices=1,
@@ -253,32 +263,62 @@ def train_model(dm: MIMICDrugDataModule, args: argparse.Namespace, seed: int) ->
     return model
 
 
-@torch.no_grad()
-def init_prior_bias(model: MultiTaskModule, labels: torch.Tensor) -> None:
-    """Start the drug head at the training log-odds of each drug (``logit`` of its frequency, clipped to
-    [0.01, 0.99]): the untrained model then predicts the frequent drugs, as the top-k baseline does."""
-    rate = labels.float().mean(dim=0).clamp(0.01, 0.99)
-    model.net.heads["drug"].linear.bias.copy_(torch.log(rate / (1 - rate)))
+def head_candidates(args: argparse.Namespace) -> list[dict]:
+    """Every combination of the ``--wide``, ``--copy``, ``--wide-dropout`` and ``--weight-decay`` values."""
+    return [
+        {"code_wide": w, "code_copy": c, "wide_dropout": p, "weight_decay": wd}
+        for w, c, p, wd in itertools.product(args.wide, args.copy, args.wide_dropout, args.weight_decay)
+    ]
 
 
 @torch.no_grad()
-def predict(model: MultiTaskModule, dm: MIMICDrugDataModule) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
-    """Test probabilities ``[N, D]``, labels ``[N, D]`` and ids, in ``split_samples("test")`` order."""
+def predict(
+    model: MultiTaskModule, dm: MIMICDrugDataModule, split: str = "test"
+) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    """Probabilities ``[N, D]``, labels ``[N, D]`` and ids of ``split`` (``val``/``test``), in
+    ``split_samples(split)`` order."""
     model.eval()
     probs, target, ids = [], [], []
-    for batch in dm.test_dataloader():
+    loader = dm.val_dataloader() if split == "val" else dm.test_dataloader()
+    for batch in loader:
         probs.append(torch.sigmoid(model.net.forward_task("drug", batch)))
         target.append(batch["label"])
         ids += batch["id"]
     return torch.cat(probs), torch.cat(target), ids
 
 
+def select_on_validation(
+    dm: MIMICDrugDataModule, args: argparse.Namespace, seed: int
+) -> tuple[MultiTaskModule, dict, list[dict]]:
+    """Train every head candidate on the training patients; keep the best validation Jaccard (first on ties).
+
+    The test split is not looked at. With one candidate (or no validation patients) that one is kept.
+
+    Returns:
+        the chosen model, its candidate, and ``[{**candidate, "val_jaccard": ...}]`` for every candidate.
+    """
+    candidates = head_candidates(args)
+    if len(candidates) == 1 or dm.val_dataset is None or len(dm.val_dataset) == 0:
+        return train_model(dm, args, seed, candidates[0]), candidates[0], []
+    best, trials = None, []
+    for head in candidates:
+        model = train_model(dm, args, seed, head)
+        probs, target, _ = predict(model, dm, "val")
+        jaccard = float(DrugJaccard().scores((probs >= 0.5).float(), target).mean())
+        trials.append({**head, "val_jaccard": jaccard})
+        logging.info("seed %d candidate %s: val Jaccard %.4f", seed, head, jaccard)
+        if best is None or jaccard > best[0]:
+            best = (jaccard, model, head)
+    return best[1], best[2], trials
+
+
 def ours(
     dm: MIMICDrugDataModule, args: argparse.Namespace, seed: int, ddi: torch.Tensor | None
-) -> tuple[dict[str, np.ndarray], list[str]]:
-    model = train_model(dm, args, seed)
+) -> tuple[dict[str, np.ndarray], list[str], dict, list[dict]]:
+    """Test scores of the head chosen on validation, test ids, that head and every candidate's val Jaccard."""
+    model, head, trials = select_on_validation(dm, args, seed)
     probs, target, ids = predict(model, dm)
-    return admission_scores((probs >= 0.5).float(), probs, target, ddi), ids
+    return admission_scores((probs >= 0.5).float(), probs, target, ddi), ids, head, trials
 
 
 # ------------------------------------------------------------------------------------------- modes
@@ -308,12 +348,15 @@ def datamodule(args: argparse.Namespace, split_seed: int | None) -> MIMICDrugDat
 def run_splits(args: argparse.Namespace) -> dict:
     """Mode 1: repeated patient-level splits, ours vs baselines (mean +- std over seeds)."""
     runs: dict[str, list[dict[str, float]]] = {}
+    chosen, trials = [], []
     cohort = None
     for seed in args.seeds:
         dm = datamodule(args, seed)
         cohort = cohort or dm.stats.as_dict()
         ddi = load_ddi_matrix(args.ddi_pairs, dm.drug_vocabulary) if args.ddi_pairs else None
-        scores, _ = ours(dm, args, seed, ddi)
+        scores, _, head, seed_trials = ours(dm, args, seed, ddi)
+        chosen.append(head)
+        trials.append(seed_trials)
         runs.setdefault("ours", []).append(summarise(scores))
         for name, values in baselines(dm, ddi).items():
             runs.setdefault(name, []).append(summarise(values))
@@ -330,6 +373,8 @@ def run_splits(args: argparse.Namespace) -> dict:
         "best_baseline": best,
         "best_baseline_jaccard_mean": table[best]["jaccard_mean"],
         "per_seed": runs,
+        "chosen_head": chosen,
+        "validation_trials": trials,
     }
 
 
@@ -337,7 +382,7 @@ def run_bootstrap(args: argparse.Namespace) -> dict:
     """Mode 2: SafeDrug protocol on processed records (file-order split, 10 x 80% bootstrap of the test set)."""
     dm = datamodule(args, None)
     ddi = load_ddi_matrix(args.ddi_pairs, dm.drug_vocabulary) if args.ddi_pairs else None
-    scores, ids = ours(dm, args, args.seeds[0], ddi)
+    scores, ids, head, trials = ours(dm, args, args.seeds[0], ddi)
     patients = [i.split("/")[0] for i in ids]
     by_patient = group_by_patient({"subject_id": p, "row": r} for r, p in enumerate(patients))
     rng = np.random.default_rng(args.seeds[0])
@@ -352,6 +397,8 @@ def run_bootstrap(args: argparse.Namespace) -> dict:
         "bootstrap": args.bootstrap,
         "test_patients": len(names),
         "test_admissions": len(ids),
+        "chosen_head": head,
+        "validation_trials": trials,
         "table": {"ours": mean_std(draws)},
         "published": PUBLISHED,
         "jaccard_mean": mean_std(draws)["jaccard_mean"],
@@ -381,7 +428,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--epochs", type=int, default=20)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--lr", type=float, default=1e-2)
-    p.add_argument("--weight-decay", type=float, default=1e-2)
+    p.add_argument("--weight-decay", type=float, nargs="+", default=[1e-2], help="AdamW weight decay (candidates)")
     p.add_argument("--dropout", type=float, default=0.5)
     p.add_argument("--embed-dim", type=int, default=64)
     p.add_argument("--hidden-dim", type=int, default=64)
@@ -389,6 +436,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--margin-weight", type=float, default=0.0)
     p.add_argument("--ddi-weight", type=float, default=0.0)
     p.add_argument("--prior-bias", action="store_true", help="initialise the head bias at the drug log-odds")
+    p.add_argument(
+        "--wide",
+        nargs="+",
+        default=["none"],
+        choices=["none", "current", "all"],
+        help="wide path of the head (candidates; chosen per seed on validation Jaccard)",
+    )
+    p.add_argument(
+        "--copy",
+        nargs="+",
+        default=["none"],
+        choices=["none", "last", "all"],
+        help="copy path of the head (candidates)",
+    )
+    p.add_argument("--wide-dropout", type=float, nargs="+", default=[0.0], help="wide-input dropout (candidates)")
     p.add_argument("--out", default=None, help="write the result as JSON here")
     return p.parse_args(argv)
 

@@ -303,6 +303,12 @@ class MIMICDrugDataModule(TaskDataModule):
         if unknown:
             log.info("%d test codes are not in the training vocabulary and map to %s", unknown, UNKNOWN_CODE)
 
+    def label_rate(self) -> torch.Tensor:
+        """Share of training admissions given each drug, ``[num_drugs]`` in [0, 1] (for ``prior_bias``)."""
+        if self.train_dataset is None:
+            self.setup("fit")
+        return self.train_dataset.labels.mean(dim=0)
+
     @property
     def collate_fn(self) -> Callable[[list[Any]], Any]:
         return collate_drug_batch

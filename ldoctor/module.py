@@ -16,6 +16,7 @@ from torchmetrics import MetricCollection
 
 from ldoctor.losses import TaskLossCallable, UncertaintyWeighting, WeightingCallable, default_task_loss
 from ldoctor.metrics import MetricsCallable, prepare_for_metrics, task_metrics
+from ldoctor.models.drug_head import CopyPath, DrugHead, WidePath
 from ldoctor.models.net import MultiTaskNet
 from ldoctor.tasks import TaskSpec, validate_tasks
 
@@ -62,6 +63,16 @@ class MultiTaskModule(L.LightningModule):
         dropout: dropout probability in every head.
         history_embed_dim: code embedding width of the ``drug`` history encoder.
         history_hidden_dim: history encoder output width.
+        code_wide: wide path of code-input heads (``"none"``, ``"current"``, ``"all"``): a linear map of the
+            multi-hot codes added to the logits (``ldoctor.models.drug_head.DrugHead``).
+        code_copy: copy path of code-input heads (``"none"``, ``"last"``, ``"all"``): a learned per-drug gate
+            times the earlier admissions' drugs (``M:<drug>`` codes).
+        wide_dropout: dropout on the wide path's multi-hot input.
+        prior_bias: tasks whose head bias starts at each output's training log-odds ``log(p / (1 - p))``
+            (``p`` clipped to [0.01, 0.99]), read at ``setup("fit")`` from the task DataModule's
+            ``label_rate()``; the untrained model then predicts the frequent outputs. A head with a copy path
+            also starts its shared gate at the training repeat rate (``DrugHead.init_copy_gate`` over the
+            DataModule's ``train_dataloader()``).
         optimizer: optimizer factory called with the parameter groups (AdamW: its ``weight_decay`` is the
             L2 regularisation, applied to weights only; biases, norms and weighting parameters get 0).
         lr_scheduler: optional scheduler factory called with the optimizer (stepped every epoch).
@@ -84,6 +95,10 @@ class MultiTaskModule(L.LightningModule):
         dropout: float = 0.2,
         history_embed_dim: int = 64,
         history_hidden_dim: int = 128,
+        code_wide: WidePath = "none",
+        code_copy: CopyPath = "none",
+        wide_dropout: float = 0.0,
+        prior_bias: list[str] | None = None,
         optimizer: OptimizerCallable = torch.optim.AdamW,
         lr_scheduler: LRSchedulerCallable | None = None,
         weighting: WeightingCallable = UncertaintyWeighting,
@@ -103,7 +118,21 @@ class MultiTaskModule(L.LightningModule):
         self.save_hyperparameters(ignore=["optimizer", "lr_scheduler", "weighting", "task_losses", "metrics"])
         self.hparams["tasks"] = [asdict(t) for t in tasks]
         self.hparams["init_checkpoint"] = None  # the weights now live in this module's own checkpoints
-        self.net = MultiTaskNet(tasks, trunk, trunk_weights, dropout, history_embed_dim, history_hidden_dim)
+        self.net = MultiTaskNet(
+            tasks,
+            trunk,
+            trunk_weights,
+            dropout,
+            history_embed_dim,
+            history_hidden_dim,
+            code_wide=code_wide,
+            code_copy=code_copy,
+            wide_dropout=wide_dropout,
+        )
+        self.prior_bias = list(prior_bias or [])
+        for name in self.prior_bias:
+            if name not in self.task_specs or self.task_specs[name].kind == "multiclass":
+                raise ValueError(f"prior_bias names {name!r}, not a binary/multilabel task of {list(self.task_specs)}")
         self.net.channels_last = channels_last
         self.weighting = weighting(list(self.task_specs))
         task_losses, metrics = task_losses or {}, metrics or {}
@@ -159,6 +188,7 @@ class MultiTaskModule(L.LightningModule):
     def setup(self, stage: str) -> None:
         if stage == "fit":
             self._set_auto_pos_weights()
+            self._set_prior_biases()
         if self.net.channels_last:
             self.net.trunk.to(memory_format=torch.channels_last)
 
@@ -173,6 +203,23 @@ class MultiTaskModule(L.LightningModule):
                 raise ValueError(f"task {name!r} asks for pos_weight='auto' but its DataModule has no pos_weight()")
             loss.set_pos_weight(task_dm.pos_weight())
             rank_zero_info(f"{name}: pos_weight from the training labels: {loss.pos_weight.tolist()}")
+
+    @torch.no_grad()
+    def _set_prior_biases(self) -> None:
+        """Set the head bias of the ``prior_bias`` tasks to the log-odds of their DataModule's ``label_rate()``."""
+        dm = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+        for name in self.prior_bias:
+            task_dm = getattr(dm, "datamodules", {}).get(name, dm)
+            if task_dm is None or not hasattr(task_dm, "label_rate"):
+                raise ValueError(f"task {name!r} asks for prior_bias but its DataModule has no label_rate()")
+            rate = torch.as_tensor(task_dm.label_rate(), dtype=torch.float).clamp(0.01, 0.99)
+            bias = self.net.heads[name].linear.bias
+            bias.copy_(torch.log(rate / (1 - rate)).to(bias))
+            rank_zero_info(f"{name}: head bias at the training log-odds (mean rate {float(rate.mean()):.3f})")
+            head = self.net.heads[name]
+            if isinstance(head, DrugHead) and head.copy_gate is not None:
+                gate = head.init_copy_gate(task_dm.train_dataloader())
+                rank_zero_info(f"{name}: shared copy gate from the training re-admissions: {gate}")
 
     # ----------------------------------------------------------------------------------- training
     def _data_task_names(self) -> list[str]:

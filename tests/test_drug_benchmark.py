@@ -74,3 +74,16 @@ def test_bootstrap_mode_on_synthetic_safedrug_records(tmp_path, capsys):
     assert result["published"]["SafeDrug (Yang et al., IJCAI 2021)"]["jaccard"] == 0.5213
     printed = capsys.readouterr().out
     assert "SafeDrug" in printed and "MoleRec" in printed and "COGNet" in printed
+
+
+def test_head_candidates_are_chosen_on_validation(tmp_path):
+    args = drugrec.parse_args(["--wide", "none", "all", "--copy", "last", "--weight-decay", "0.01", "0.1"])
+    assert [(c["code_wide"], c["weight_decay"]) for c in drugrec.head_candidates(args)] == [
+        ("none", 0.01), ("none", 0.1), ("all", 0.01), ("all", 0.1)]
+    truth = write_synthetic_mimic(tmp_path / "mimic", n_patients=45, max_admissions=2, seed=4)
+    result = drugrec.main(["--mimic-dir", str(truth.folder), "--ndc-map", str(truth.ndc_map), "--seeds", "0",
+                           "--epochs", "1", "--prior-bias", "--wide", "none", "all", "--copy", "last"])
+    (trials,) = result["validation_trials"]
+    assert [t["code_wide"] for t in trials] == ["none", "all"]
+    best = max(trials, key=lambda t: t["val_jaccard"])  # first of ties, as max()
+    assert result["chosen_head"] == [{k: best[k] for k in ("code_wide", "code_copy", "wide_dropout", "weight_decay")}]

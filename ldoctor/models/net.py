@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ldoctor.models.drug_head import CopyPath, DrugHead, WidePath
 from ldoctor.models.heads import ClassificationHead
 from ldoctor.models.history import HistoryEncoder
 from ldoctor.models.trunks import build_trunk
@@ -18,7 +19,9 @@ class MultiTaskNet(nn.Module):
       goes through the same trunk and the ``V`` view features are mean-pooled.
     - code tasks (``drug``): ``[B, A, L]`` codes -> ``history`` encoder; if the batch carries ``image`` and
       ``has_image``, the trunk features of those images are projected and concatenated, other rows get the
-      learned ``no_image`` vector.
+      learned ``no_image`` vector. With ``code_wide`` or ``code_copy`` the code task's head is a ``DrugHead``
+      (``ldoctor.models.drug_head``): the linear read-out plus a linear map of the multi-hot codes and a learned
+      per-drug gate on the earlier admissions' drugs.
 
     Args:
         tasks: the task specs.
@@ -27,6 +30,11 @@ class MultiTaskNet(nn.Module):
         dropout: dropout in every head.
         history_embed_dim: code embedding width of the history encoder.
         history_hidden_dim: history encoder output width.
+        code_wide: wide path of code tasks: ``"none"``, ``"current"`` (this admission's codes) or ``"all"``
+            (every admission so far).
+        code_copy: copy path of code tasks: ``"none"``, ``"last"`` (previous admission's drugs) or ``"all"``
+            (any earlier admission's drugs; needs ``M:<drug>`` codes, MIMICDrugDataModule ``history_drugs``).
+        wide_dropout: dropout on the wide path's multi-hot input.
     """
 
     def __init__(
@@ -37,6 +45,9 @@ class MultiTaskNet(nn.Module):
         dropout: float = 0.2,
         history_embed_dim: int = 64,
         history_hidden_dim: int = 128,
+        code_wide: WidePath = "none",
+        code_copy: CopyPath = "none",
+        wide_dropout: float = 0.0,
     ) -> None:
         super().__init__()
         self.tasks = validate_tasks(tasks)
@@ -51,9 +62,20 @@ class MultiTaskNet(nn.Module):
                 self.history[name] = HistoryEncoder(len(spec.code_vocabulary), history_embed_dim, history_hidden_dim)
                 self.image_fusion[name] = nn.Linear(feat, history_hidden_dim)
                 self.no_image[name] = nn.Parameter(torch.zeros(history_hidden_dim))
-                self.heads[name] = ClassificationHead(2 * history_hidden_dim, spec.num_outputs, dropout)
+                self.heads[name] = self._code_head(
+                    spec, 2 * history_hidden_dim, dropout, code_wide, code_copy, wide_dropout
+                )
             else:
                 self.heads[name] = ClassificationHead(feat, spec.num_outputs, dropout)
+
+    @staticmethod
+    def _code_head(
+        spec: TaskSpec, in_features: int, dropout: float, wide: WidePath, copy: CopyPath, wide_dropout: float
+    ) -> nn.Module:
+        """``ClassificationHead`` (no wide or copy path) or ``DrugHead`` for a code task."""
+        if wide == "none" and copy == "none":
+            return ClassificationHead(in_features, spec.num_outputs, dropout)
+        return DrugHead(in_features, spec.code_vocabulary, spec.class_names, dropout, wide, copy, wide_dropout)
 
     def image_features(self, images: torch.Tensor) -> torch.Tensor:
         """Args: images ``[B, 3, H, W]`` or ``[B, V, 3, H, W]``. Returns: ``[B, F]`` (views mean-pooled)."""
@@ -85,6 +107,8 @@ class MultiTaskNet(nn.Module):
         spec = self.tasks[name]
         if spec.input_key == "codes":
             features = self.code_features(name, batch)
+            if isinstance(self.heads[name], DrugHead):
+                return self.heads[name](features, batch["codes"])
         else:
             features = self.image_features(batch[spec.input_key])
         return self.heads[name](features)

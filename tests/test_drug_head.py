@@ -1,0 +1,162 @@
+"""The drug head's wide (bag-of-codes) and copy (earlier drugs) paths, and the prior-bias initialisation."""
+
+from __future__ import annotations
+
+import math
+from functools import partial
+
+import lightning as L
+import pytest
+import torch
+from conftest import tiny_trainer_kwargs
+
+from datamodules.mimic import MIMICDrugDataModule
+from ldoctor.data.mimic_writer import write_synthetic_mimic
+from ldoctor.losses import EqualWeighting
+from ldoctor.models.drug_head import DrugHead, medication_code_map
+from ldoctor.models.heads import ClassificationHead
+from ldoctor.models.net import MultiTaskNet
+from ldoctor.module import MultiTaskModule
+from ldoctor.tasks import drug_task
+
+pytestmark = pytest.mark.filterwarnings("ignore:.*prescription rows with an NDC.*")
+
+DRUGS = ["A01", "B02", "C03"]
+# index 1..6 in the codes tensor; M:Z99 is a drug outside the label space and must copy to nothing
+CODES = ["<unk>", "D:1", "P:2", "M:B02", "M:C03", "M:Z99"]
+TASK = drug_task(DRUGS, CODES)
+# patient 0: one admission; patient 1: 3 admissions (oldest gave C03 and Z99, previous gave B02)
+BATCH_CODES = torch.tensor(
+    [
+        [[2, 3, 0], [0, 0, 0], [0, 0, 0]],
+        [[2, 5, 6], [3, 4, 0], [2, 2, 0]],
+    ]
+)
+
+
+def zero_head(**kwargs) -> DrugHead:
+    head = DrugHead(4, CODES, DRUGS, dropout=0.0, **kwargs).eval()
+    with torch.no_grad():
+        head.linear.weight.zero_()
+        head.linear.bias.copy_(torch.tensor([0.5, -1.0, 2.0]))
+    return head
+
+
+def test_medication_code_map_links_m_codes_to_their_drug():
+    m = medication_code_map(CODES, DRUGS)
+    assert m.shape == (7, 3)
+    assert m.nonzero().tolist() == [[4, 1], [5, 2]]  # index 4 = M:B02 -> B02, 5 = M:C03 -> C03; M:Z99 nowhere
+
+
+def test_copy_path_adds_exactly_the_gate_of_earlier_drugs():
+    head = zero_head(copy="last")
+    with torch.no_grad():
+        head.copy_gate.copy_(torch.tensor([0.3, 1.7, -0.4]))
+        head.copy_gate_shared.fill_(0.25)
+    logits = head(torch.randn(2, 4), BATCH_CODES)
+    bias = torch.tensor([0.5, -1.0, 2.0])
+    assert torch.allclose(logits[0], bias)  # a first admission copies nothing
+    # patient 1's previous admission (row 1) gave B02: its logit rises by exactly gate_B02 + shared; C03 (only in
+    # the oldest admission) does not count for copy="last"
+    assert torch.allclose(logits[1], bias + torch.tensor([0.0, 1.7 + 0.25, 0.0]))
+    head.copy_mode = "all"
+    logits = head(torch.randn(2, 4), BATCH_CODES)
+    assert torch.allclose(logits[1], bias + torch.tensor([0.0, 1.95, -0.4 + 0.25]))
+    assert head.previous_drugs(BATCH_CODES).tolist() == [[0, 0, 0], [0, 1, 1]]
+
+
+def test_wide_path_is_a_linear_map_of_the_multi_hot_codes():
+    head = zero_head(wide="all")
+    weight = torch.arange(18, dtype=torch.float).view(3, 6) / 10  # [D, V]: column c - 1 for code index c
+    with torch.no_grad():
+        head.wide.weight.copy_(weight)
+    logits = head(torch.zeros(2, 4), BATCH_CODES)
+    bias = torch.tensor([0.5, -1.0, 2.0])
+    # patient 0: codes {2, 3}; patient 1, every admission: {2, 3, 4, 5, 6} (code 2 twice counts once)
+    expected0 = bias + weight[:, 1] + weight[:, 2]
+    expected1 = bias + weight[:, 1:6].sum(dim=1)
+    assert torch.allclose(logits, torch.stack([expected0, expected1]))
+    head.wide_mode = "current"  # patient 1's current admission is row 2: code 2 only
+    logits = head(torch.zeros(2, 4), BATCH_CODES)
+    assert torch.allclose(logits, torch.stack([expected0, bias + weight[:, 1]]))
+
+
+def test_deep_path_is_the_linear_read_out_and_gradients_reach_every_path():
+    head = DrugHead(4, CODES, DRUGS, dropout=0.0, wide="all", copy="last")
+    features = torch.randn(2, 4)
+    logits = head(features, BATCH_CODES)
+    assert torch.allclose(logits, head.linear(features))  # wide weights and gates start at zero
+    logits.sum().backward()
+    assert head.wide.weight.grad.abs().sum() > 0 and head.copy_gate.grad[1] == 1.0
+    # the shared gate is a buffer set from the training data (init_copy_gate), not an optimised parameter
+    assert "copy_gate_shared" in dict(head.named_buffers())
+    assert all(p is not head.copy_gate_shared for p in head.parameters())
+
+
+def test_head_options_are_checked():
+    with pytest.raises(ValueError, match="wide must be"):
+        DrugHead(4, CODES, DRUGS, wide="bag")
+    with pytest.raises(ValueError, match="history_drugs=True"):
+        DrugHead(4, ["<unk>", "D:1"], DRUGS, copy="last")
+
+
+def test_net_uses_the_drug_head_only_when_asked():
+    plain = MultiTaskNet([TASK], trunk="resnet18", history_hidden_dim=8)
+    assert type(plain.heads["drug"]) is ClassificationHead
+    net = MultiTaskNet([TASK], trunk="resnet18", history_hidden_dim=8, code_wide="current", code_copy="last")
+    assert isinstance(net.heads["drug"], DrugHead) and net.heads["drug"].linear.in_features == 16
+    net.eval()
+    batch = {"codes": BATCH_CODES}
+    features = net.code_features("drug", batch)
+    with torch.no_grad():
+        net.heads["drug"].copy_gate.fill_(2.0)
+    expected = net.heads["drug"].linear(features) + torch.tensor([[0.0, 0.0, 0.0], [0.0, 2.0, 0.0]])
+    assert torch.allclose(net.forward_task("drug", batch), expected)
+
+
+def test_prior_bias_is_the_training_log_odds(tmp_path):
+    truth = write_synthetic_mimic(tmp_path / "mimic", n_patients=24, max_admissions=2, seed=3)
+    dm = MIMICDrugDataModule(mimic_dir=str(truth.folder), ndc_map=str(truth.ndc_map), batch_size=8)
+    model = MultiTaskModule(dm.tasks, trunk="resnet18", history_hidden_dim=8, weighting=EqualWeighting,
+                            code_wide="all", code_copy="last", prior_bias=["drug"],
+                            optimizer=partial(torch.optim.SGD, lr=0.0))
+    trainer = L.Trainer(**tiny_trainer_kwargs(tmp_path, max_steps=1, limit_val_batches=0))
+    trainer.fit(model, datamodule=dm)
+    labels = dm.train_dataset.labels
+    expected = []
+    for d in range(labels.shape[1]):  # independent: count positives per drug, then the clipped log-odds
+        p = min(max(sum(float(v) for v in labels[:, d]) / len(labels), 0.01), 0.99)
+        expected.append(math.log(p / (1 - p)))
+    head = model.net.heads["drug"]
+    assert head.linear.bias.tolist() == pytest.approx(expected, abs=1e-5)
+    # the shared copy gate starts from the same bias (lr 0 keeps both at their initial values)
+    loader = torch.utils.data.DataLoader(dm.train_dataset, batch_size=64, collate_fn=dm.collate_fn)
+    gate = float(head.copy_gate_shared)
+    assert gate != 0.0
+    assert head.init_copy_gate(loader) == pytest.approx(gate, abs=1e-5)
+    assert dm.label_rate().tolist() == pytest.approx(labels.mean(dim=0).tolist())
+
+
+def test_prior_bias_names_a_known_task_and_needs_label_rate(tmp_path):
+    with pytest.raises(ValueError, match="prior_bias names 'tumor'"):
+        MultiTaskModule([TASK], trunk="resnet18", prior_bias=["tumor"])
+    model = MultiTaskModule([TASK], trunk="resnet18", history_hidden_dim=8, prior_bias=["drug"])
+    model._trainer = type("T", (), {"datamodule": object()})()
+    with pytest.raises(ValueError, match="no label_rate"):
+        model._set_prior_biases()
+
+
+def test_copy_gate_starts_at_the_training_repeat_rate():
+    head = zero_head(copy="last")  # bias [0.5, -1.0, 2.0]
+    labels = torch.tensor([[1.0, 0.0, 1.0], [0.0, 1.0, 0.0]])
+    # only patient 1 has an earlier drug (B02, bias -1.0), and it is prescribed again: rate 1 -> clipped 0.99
+    gate = head.init_copy_gate([{"codes": BATCH_CODES, "label": labels}])
+    assert gate == pytest.approx(math.log(0.99 / 0.01) + 1.0)
+    assert float(head.copy_gate_shared) == pytest.approx(gate)
+    head.copy_mode = "all"  # B02 (repeated, bias -1.0) and C03 (not repeated, bias 2.0): rate 1/2
+    labels[1, 2] = float("nan")  # an unknown label leaves its pair out: rate 1/1 again, bias -1.0
+    assert head.init_copy_gate([{"codes": BATCH_CODES, "label": labels}]) == pytest.approx(math.log(99) + 1.0)
+    labels[1, 2] = 0.0
+    assert head.init_copy_gate([{"codes": BATCH_CODES[:1], "label": labels[:1]},
+                                {"codes": BATCH_CODES[1:], "label": labels[1:]}]) == pytest.approx(0.0 - 0.5)
+    assert head.init_copy_gate([{"codes": BATCH_CODES[:1], "label": labels[:1]}]) is None
