@@ -35,6 +35,12 @@ class TrunkInfo:
     features: int
     stages: tuple[str, ...]
     description: str
+    #: Drop the stem max-pool (stem stride 2 instead of 4) for small inputs such as 32-48 px CT patches, where
+    #: a 4 mm nodule would be about 1 px after a stride-4 stem. No parameters change: same state-dict keys, so
+    #: the torchvision weights of the base architecture load as they are.
+    small_input: bool = False
+    #: torchvision model name whose weights enum serves this entry (default: the registry name).
+    torchvision_name: str | None = None
 
 
 _RESNET_STAGES = ("stem", "layer1", "layer2", "layer3", "layer4")
@@ -43,6 +49,14 @@ TRUNKS: dict[str, TrunkInfo] = {
     "resnet50": TrunkInfo(torchvision.models.resnet50, 2048, _RESNET_STAGES, "torchvision ResNet-50 (default)"),
     "resnet18": TrunkInfo(torchvision.models.resnet18, 512, _RESNET_STAGES, "torchvision ResNet-18 (fast tests)"),
     "resnet34": TrunkInfo(torchvision.models.resnet34, 512, _RESNET_STAGES, "torchvision ResNet-34"),
+    "resnet18_smallinput": TrunkInfo(
+        torchvision.models.resnet18, 512, _RESNET_STAGES, "ResNet-18 without the stem max-pool (small inputs)",
+        small_input=True, torchvision_name="resnet18",
+    ),
+    "resnet50_smallinput": TrunkInfo(
+        torchvision.models.resnet50, 2048, _RESNET_STAGES, "ResNet-50 without the stem max-pool (small inputs)",
+        small_input=True, torchvision_name="resnet50",
+    ),
 }
 
 
@@ -92,8 +106,11 @@ def build_trunk(name: str = "resnet50", weights: str | None = None) -> ResNetTru
         trunk = ResNetTrunk(info.builder(weights=None))
         if weights is not None:
             load_trunk_weights(trunk, Path(weights))
-        return trunk
-    return ResNetTrunk(info.builder(weights=_weights_enum(name, weights)))
+    else:
+        trunk = ResNetTrunk(info.builder(weights=_weights_enum(info.torchvision_name or name, weights)))
+    if info.small_input:
+        trunk.stem[3] = nn.Identity()  # the max-pool; it has no parameters, so the state-dict keys stay the same
+    return trunk
 
 
 def _looks_like_path(weights: str) -> bool:
