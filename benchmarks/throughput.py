@@ -2,8 +2,9 @@
 
 All three runs train the same trunk (torchvision ResNet-50 by default) with the same batch size, optimizer
 (AdamW) and precision on in-memory synthetic batches, so the difference is the framework's cost. Throughput
-is trunk images per second (a 2.5D CT sample with 3 views counts as 3 trunk images; the drug task adds no
-trunk images). Each configuration is timed ``--repeats`` times, interleaved, after ``--warmup`` steps; the
+is trunk images per second (a 2.5D CT sample with 3 views counts as 3 trunk images, and the tumor task
+takes ``batch_size // 3`` nodules so that every trunk call sees ``batch_size`` images, as in the plain loop; the
+drug task adds no trunk images). Each configuration is timed ``--repeats`` times, interleaved, after ``--warmup`` steps; the
 best run of each is reported.
 
     python benchmarks/throughput.py --out r.json                      # CPU defaults
@@ -128,8 +129,10 @@ def lightning_run(args: argparse.Namespace, tasks: tuple[str, ...], device: str)
         dms["disease"] = InMemoryDataModule(disease_task(), InMemory(b * 4, (3, size, size), 14), b)
         trunk_images_per_step += b
     if "tumor" in tasks:
-        dms["tumor"] = InMemoryDataModule(tumor_task(), InMemory(b * 4, (3, 3, size, size), 1), b)
-        trunk_images_per_step += 3 * b
+        # b // 3 nodules of 3 views: the trunk sees batches of the same size as in the plain loop
+        nodules = max(1, b // 3)
+        dms["tumor"] = InMemoryDataModule(tumor_task(), InMemory(nodules * 4, (3, 3, size, size), 1), nodules)
+        trunk_images_per_step += 3 * nodules
     if "drug" in tasks:
         dms["drug"] = SyntheticDrugDataModule(num_train=b * 4, batch_size=b)
     data = MultiTaskDataModule(dms)
@@ -161,14 +164,17 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--trunk", default="resnet50")
     parser.add_argument("--image-size", type=int, default=64)
-    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--batch-size", type=int, default=12, help="trunk images per call (a multiple of 3)")
     parser.add_argument("--steps", type=int, default=12)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--precision", default="32-true", choices=["32-true", "bf16-mixed"])
     parser.add_argument("--channels-last", action="store_true")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--out", help="write the table as JSON here")
     args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     runs = {"plain": [], "single": [], "multi": []}
     for _ in range(args.repeats):
