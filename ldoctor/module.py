@@ -68,8 +68,9 @@ class MultiTaskModule(L.LightningModule):
         code_copy: copy path of code-input heads (``"none"``, ``"last"``, ``"all"``): a learned per-drug gate
             times the earlier admissions' drugs (``M:<drug>`` codes).
         wide_dropout: dropout on the wide path's multi-hot input.
-        prior_bias: tasks whose head bias starts at each output's training log-odds ``log(p / (1 - p))``
-            (``p`` clipped to [0.01, 0.99]), read at ``setup("fit")`` from the task DataModule's
+        prior_bias: tasks whose freshly initialised head bias starts at each output's training log-odds
+            ``log(p / (1 - p))`` (not applied with ``init_checkpoint``, whose heads are trained already)
+            with ``p`` clipped to [0.01, 0.99], read at ``setup("fit")`` from the task DataModule's
             ``label_rate()``; the untrained model then predicts the frequent outputs. A head with a copy path
             also starts its shared gate at the training repeat rate (``DrugHead.init_copy_gate`` over the
             DataModule's ``train_dataloader()``).
@@ -118,6 +119,7 @@ class MultiTaskModule(L.LightningModule):
         self.save_hyperparameters(ignore=["optimizer", "lr_scheduler", "weighting", "task_losses", "metrics"])
         self.hparams["tasks"] = [asdict(t) for t in tasks]
         self.hparams["init_checkpoint"] = None  # the weights now live in this module's own checkpoints
+        self._heads_from_checkpoint = state is not None
         self.net = MultiTaskNet(
             tasks,
             trunk,
@@ -188,7 +190,8 @@ class MultiTaskModule(L.LightningModule):
     def setup(self, stage: str) -> None:
         if stage == "fit":
             self._set_auto_pos_weights()
-            self._set_prior_biases()
+            if not self._heads_from_checkpoint:  # a prior is a starting point, never applied to trained heads
+                self._set_prior_biases()
         if self.net.channels_last:
             self.net.trunk.to(memory_format=torch.channels_last)
 

@@ -56,7 +56,7 @@ def validate_all(model: MultiTaskModule, tmp_path) -> dict[str, float]:
 def test_finetuning_one_task_leaves_other_heads_identical(multitask_checkpoint, tmp_path, schedule):
     tumor_only = SyntheticTumorDataModule(image_size=16, **KW)
     model = MultiTaskModule(
-        tumor_only.tasks, trunk="resnet18", init_checkpoint=str(multitask_checkpoint),
+        tumor_only.tasks, trunk="resnet18", init_checkpoint=str(multitask_checkpoint), prior_bias=["drug"],
         optimizer=partial(torch.optim.AdamW, lr=1e-2, weight_decay=0.1),
     )
     assert model.task_names == ["tumor", "disease", "drug"]  # the checkpoint's full task list
