@@ -297,11 +297,13 @@ def test_real_images_in_the_nih_layout_with_their_real_labels(tmp_path, real_tab
     assert records["00027426_000.png"]["label"].sum() == 0  # No Finding
     edema, infiltration = CHESTXRAY14_FINDINGS.index("Edema"), CHESTXRAY14_FINDINGS.index("Infiltration")
     assert records["00000032_023.png"]["label"][[edema, infiltration]].tolist() == [1, 1]
-    for dataset in (dm.train_dataset, dm.val_dataset, dm.test_dataset):
+    # ImageNet-normalised [0, 1] intensities lie in [-2.118, 2.640]; training images also carry random Gaussian
+    # noise (and contrast changes), which may step a little outside that range
+    for dataset, margin in ((dm.train_dataset, 0.5), (dm.val_dataset, 0.0), (dm.test_dataset, 0.0)):
         for i in range(len(dataset)):
             image = dataset[i]["image"]
             assert image.shape == (3, 64, 64) and image.dtype == torch.float32
-            assert -2.2 < float(image.min()) < -1.0 and 1.5 < float(image.max()) < 2.7
+            assert -2.119 - margin < float(image.min()) < -1.0 and 1.5 < float(image.max()) < 2.641 + margin
 
 
 def test_in_memory_cache_gives_the_same_tensors_as_decoding(nih):
