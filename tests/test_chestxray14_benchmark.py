@@ -9,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from sklearn.metrics import roc_auc_score
 
 from ldoctor.data.nih_writer import write_nih_dataset
@@ -28,15 +27,6 @@ def test_per_class_auroc_matches_sklearn_and_skips_single_class_findings():
     assert list(scores) == list(CHESTXRAY14_FINDINGS)
     assert scores["Atelectasis"] == pytest.approx(roc_auc_score(labels[:, 0], probs[:, 0]))
     assert math.isnan(scores["Hernia"])
-
-
-@pytest.fixture()
-def one_thread():
-    """One intra-op thread: on a shared 2-core machine this is several times faster than two."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def test_benchmark_runs_on_synthetic_nih_data(tmp_path, one_thread):

@@ -119,15 +119,6 @@ def _learnable_npz(path, n: int, seed: int) -> str:
     return str(path)
 
 
-@pytest.fixture()
-def one_thread():
-    """One intra-op thread: on a shared 2-core machine this is several times faster than two."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_the_disease_head_learns_a_learnable_medmnist_signal(tmp_path, one_thread):
     L.seed_everything(0)
     dm = MedMNISTDataModule(npz=_learnable_npz(tmp_path / "l.npz", 96, 0), image_size=28, batch_size=32,
