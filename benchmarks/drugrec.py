@@ -48,7 +48,7 @@ from datamodules.mimic import DEMO_DIR, MIMICDrugDataModule  # noqa: E402
 from ldoctor.data.mimic_records import group_by_patient, load_ddi_matrix  # noqa: E402
 from ldoctor.drug_loss import DrugLoss  # noqa: E402
 from ldoctor.losses import EqualWeighting  # noqa: E402
-from ldoctor.metrics import DrugCount, DrugF1, DrugJaccard, DrugMetrics, DrugPRAUC  # noqa: E402
+from ldoctor.metrics import DrugCount, DrugF1, DrugJaccard, DrugMetrics, DrugPRAUC, predicted_sets  # noqa: E402
 from ldoctor.module import MultiTaskModule  # noqa: E402
 
 #: Published MIMIC-III results (SafeDrug protocol: 10 bootstrap draws of 80% of the test set).
@@ -199,8 +199,14 @@ def logistic_baseline(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarr
     return probs
 
 
-def baselines(dm: MIMICDrugDataModule, ddi: torch.Tensor | None) -> dict[str, dict[str, np.ndarray]]:
-    """Per-admission scores of the three baselines on ``dm``'s test split."""
+def baselines(
+    dm: MIMICDrugDataModule, ddi: torch.Tensor | None, decision: float | str = 0.5
+) -> dict[str, dict[str, np.ndarray]]:
+    """Per-admission scores of the three baselines on ``dm``'s test split.
+
+    With a ``decision`` other than 0.5 (the one our model uses), the logistic regression is also scored with
+    that decision (``logistic_regression_same_decision``), so our model never wins by its decision rule alone.
+    """
     train, test = dm.split_samples("train"), dm.split_samples("test")
     drugs, codes = dm.drug_vocabulary, dm.code_vocabulary
     y_train, y_test = labels(train, drugs), torch.from_numpy(labels(test, drugs))
@@ -214,6 +220,9 @@ def baselines(dm: MIMICDrugDataModule, ddi: torch.Tensor | None) -> dict[str, di
         "logistic_regression": ((lr_probs >= 0.5).astype(np.float32), lr_probs),
     }.items():
         out[name] = admission_scores(torch.from_numpy(pred).float(), torch.from_numpy(scores).float(), y_test, ddi)
+    if decision != 0.5:
+        lr = torch.from_numpy(lr_probs).float()
+        out["logistic_regression_same_decision"] = admission_scores(predicted_sets(lr, decision), lr, y_test, ddi)
     return out
 
 
@@ -222,7 +231,8 @@ def train_model(dm: MIMICDrugDataModule, args: argparse.Namespace, seed: int, he
     """Fit ``MultiTaskModule`` with only the ``drug`` task (the image trunk stays unused).
 
     Args:
-        head: one candidate head setting ``{"code_wide", "code_copy", "wide_dropout", "weight_decay"}``.
+        head: one candidate head setting ``{"code_wide", "code_copy", "copy_combine", "wide_dropout",
+            "weight_decay"}``.
     """
     L.seed_everything(seed, workers=True, verbose=False)
     loss = partial(
@@ -241,6 +251,7 @@ def train_model(dm: MIMICDrugDataModule, args: argparse.Namespace, seed: int, he
         code_wide=head["code_wide"],
         code_copy=head["code_copy"],
         wide_dropout=head["wide_dropout"],
+        copy_combine=head["copy_combine"],
         prior_bias=["drug"] if args.prior_bias else None,
         weighting=EqualWeighting,
         task_losses={"drug": loss},
@@ -264,10 +275,13 @@ def train_model(dm: MIMICDrugDataModule, args: argparse.Namespace, seed: int, he
 
 
 def head_candidates(args: argparse.Namespace) -> list[dict]:
-    """Every combination of the ``--wide``, ``--copy``, ``--wide-dropout`` and ``--weight-decay`` values."""
+    """Every combination of the ``--wide``, ``--copy``, ``--copy-combine``, ``--wide-dropout`` and
+    ``--weight-decay`` values."""
     return [
-        {"code_wide": w, "code_copy": c, "wide_dropout": p, "weight_decay": wd}
-        for w, c, p, wd in itertools.product(args.wide, args.copy, args.wide_dropout, args.weight_decay)
+        {"code_wide": w, "code_copy": c, "copy_combine": m, "wide_dropout": p, "weight_decay": wd}
+        for w, c, m, p, wd in itertools.product(
+            args.wide, args.copy, args.copy_combine, args.wide_dropout, args.weight_decay
+        )
     ]
 
 
@@ -304,7 +318,7 @@ def select_on_validation(
     for head in candidates:
         model = train_model(dm, args, seed, head)
         probs, target, _ = predict(model, dm, "val")
-        jaccard = float(DrugJaccard().scores((probs >= 0.5).float(), target).mean())
+        jaccard = float(DrugJaccard(args.decision).scores(probs, target).mean())
         trials.append({**head, "val_jaccard": jaccard})
         logging.info("seed %d candidate %s: val Jaccard %.4f", seed, head, jaccard)
         if best is None or jaccard > best[0]:
@@ -318,7 +332,7 @@ def ours(
     """Test scores of the head chosen on validation, test ids, that head and every candidate's val Jaccard."""
     model, head, trials = select_on_validation(dm, args, seed)
     probs, target, ids = predict(model, dm)
-    return admission_scores((probs >= 0.5).float(), probs, target, ddi), ids, head, trials
+    return admission_scores(predicted_sets(probs, args.decision), probs, target, ddi), ids, head, trials
 
 
 # ------------------------------------------------------------------------------------------- modes
@@ -358,7 +372,7 @@ def run_splits(args: argparse.Namespace) -> dict:
         chosen.append(head)
         trials.append(seed_trials)
         runs.setdefault("ours", []).append(summarise(scores))
-        for name, values in baselines(dm, ddi).items():
+        for name, values in baselines(dm, ddi, args.decision).items():
             runs.setdefault(name, []).append(summarise(values))
         logging.info("seed %d: ours %s", seed, runs["ours"][-1])
     table = {name: mean_std(r) for name, r in runs.items()}
@@ -450,7 +464,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         choices=["none", "last", "all"],
         help="copy path of the head (candidates)",
     )
+    p.add_argument(
+        "--copy-combine",
+        nargs="+",
+        default=["logit"],
+        choices=["logit", "mixture"],
+        help="copy gate added to the logits, or a probability mixture as COGNet (candidates)",
+    )
     p.add_argument("--wide-dropout", type=float, nargs="+", default=[0.0], help="wide-input dropout (candidates)")
+    p.add_argument(
+        "--decision",
+        type=lambda v: v if v == "expected_jaccard" else float(v),
+        default=0.5,
+        help="our predicted set: drugs with probability >= this (SafeDrug: 0.5), or 'expected_jaccard' "
+        "(ldoctor.metrics.expected_jaccard_sets); the logistic regression is then also scored with it",
+    )
     p.add_argument("--out", default=None, help="write the result as JSON here")
     return p.parse_args(argv)
 

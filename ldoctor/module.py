@@ -16,7 +16,7 @@ from torchmetrics import MetricCollection
 
 from ldoctor.losses import TaskLossCallable, UncertaintyWeighting, WeightingCallable, default_task_loss
 from ldoctor.metrics import MetricsCallable, prepare_for_metrics, task_metrics
-from ldoctor.models.drug_head import CopyPath, DrugHead, WidePath
+from ldoctor.models.drug_head import CopyCombine, CopyPath, DrugHead, WidePath
 from ldoctor.models.net import MultiTaskNet
 from ldoctor.tasks import TaskSpec, validate_tasks
 
@@ -68,6 +68,8 @@ class MultiTaskModule(L.LightningModule):
         code_copy: copy path of code-input heads (``"none"``, ``"last"``, ``"all"``): a learned per-drug gate
             times the earlier admissions' drugs (``M:<drug>`` codes).
         wide_dropout: dropout on the wide path's multi-hot input.
+        copy_combine: ``"logit"`` (copy gate added to the logits) or ``"mixture"`` (COGNet-style mixture of the
+            head's probabilities and the earlier drugs; ``ldoctor.models.drug_head.DrugHead``).
         prior_bias: tasks whose freshly initialised head bias starts at each output's training log-odds
             ``log(p / (1 - p))`` (not applied with ``init_checkpoint``, whose heads are trained already)
             with ``p`` clipped to [0.01, 0.99], read at ``setup("fit")`` from the task DataModule's
@@ -99,6 +101,7 @@ class MultiTaskModule(L.LightningModule):
         code_wide: WidePath = "none",
         code_copy: CopyPath = "none",
         wide_dropout: float = 0.0,
+        copy_combine: CopyCombine = "logit",
         prior_bias: list[str] | None = None,
         optimizer: OptimizerCallable = torch.optim.AdamW,
         lr_scheduler: LRSchedulerCallable | None = None,
@@ -130,6 +133,7 @@ class MultiTaskModule(L.LightningModule):
             code_wide=code_wide,
             code_copy=code_copy,
             wide_dropout=wide_dropout,
+            copy_combine=copy_combine,
         )
         self.prior_bias = list(prior_bias or [])
         for name in self.prior_bias:

@@ -9,6 +9,7 @@ import torch
 from ldoctor.data.ct import CTVolume, write_ct_series
 from ldoctor.data.ct_transforms import (
     CTAugmentation,
+    Views25Dd,
     extract_patch,
     nodule_postprocess,
     nodule_preprocess,
@@ -69,6 +70,31 @@ def test_views_are_the_central_planes_with_neighbours():
     assert views[0, c, row, col] == cube[0, col, row, 4 - 2]  # axial: [y, x] at z = 4 - 2
     assert views[1, 2, row, col] == cube[0, col, 4 + 2, s - 1 - row]  # coronal: [z (head up), x]
     assert views[2, 1, row, col] == cube[0, 4, col, s - 1 - row]  # sagittal: [z (head up), y]
+
+
+def test_projection_views_hold_the_centre_plane_mean_and_maximum():
+    s = 8
+    rng = np.random.default_rng(0)
+    cube = torch.as_tensor(rng.uniform(size=(s, s, s)), dtype=torch.float32)[None]
+    views = views_25d(cube, ("axial", "coronal", "sagittal"), channels="projections")
+    assert views.shape == (3, 3, s, s)
+    row, col = 2, 6
+    # axial [y, x]: along z; coronal [z (head up), x]: along y; sagittal [z (head up), y]: along x
+    assert views[0, 0, row, col] == cube[0, col, row, s // 2]
+    assert torch.isclose(views[0, 1, row, col], cube[0, col, row, :].mean())
+    assert views[0, 2, row, col] == cube[0, col, row, :].max()
+    assert torch.isclose(views[1, 1, row, col], cube[0, col, :, s - 1 - row].mean())
+    assert views[2, 2, row, col] == cube[0, :, col, s - 1 - row].max()
+    # a nodule twice as thick along z doubles the axial mean projection's sum, while the centre plane is unchanged
+    thin, thick = torch.zeros(1, s, s, s), torch.zeros(1, s, s, s)
+    thin[0, 3:5, 3:5, 4] = 1.0
+    thick[0, 3:5, 3:5, 3:5] = 1.0
+    a, b = views_25d(thin, ("axial",), channels="projections"), views_25d(thick, ("axial",), channels="projections")
+    assert torch.equal(a[0, 0], b[0, 0]) and torch.isclose(b[0, 1].sum(), 2 * a[0, 1].sum())
+    with pytest.raises(ValueError, match="channels must be one of"):
+        views_25d(cube, channels="mip")
+    with pytest.raises(ValueError, match="channels must be one of"):
+        Views25Dd("image", channels="slab")
 
 
 def _written_series(tmp_path):

@@ -86,4 +86,20 @@ def test_head_candidates_are_chosen_on_validation(tmp_path):
     (trials,) = result["validation_trials"]
     assert [t["code_wide"] for t in trials] == ["none", "all"]
     best = max(trials, key=lambda t: t["val_jaccard"])  # first of ties, as max()
-    assert result["chosen_head"] == [{k: best[k] for k in ("code_wide", "code_copy", "wide_dropout", "weight_decay")}]
+    keys = ("code_wide", "code_copy", "copy_combine", "wide_dropout", "weight_decay")
+    assert result["chosen_head"] == [{k: best[k] for k in keys}]
+
+
+def test_expected_jaccard_decision_also_scores_the_regression_with_it(tmp_path):
+    truth = write_synthetic_mimic(tmp_path / "mimic", n_patients=45, max_admissions=3, seed=5)
+    result = drugrec.main(["--mimic-dir", str(truth.folder), "--ndc-map", str(truth.ndc_map), "--seeds", "0",
+                           "--epochs", "2", "--prior-bias", "--wide", "all", "--copy", "last", "--copy-combine",
+                           "mixture", "--decision", "expected_jaccard"])
+    table = result["table"]
+    assert set(table) == {"ours", "most_frequent_k", "previous_admission", "logistic_regression",
+                          "logistic_regression_same_decision"}
+    # same probabilities, other sets: PRAUC unchanged, Jaccard changed; the stronger row counts as a baseline
+    assert table["logistic_regression_same_decision"]["prauc_mean"] == table["logistic_regression"]["prauc_mean"]
+    assert table["logistic_regression_same_decision"]["jaccard_mean"] != table["logistic_regression"]["jaccard_mean"]
+    assert result["best_baseline_jaccard_mean"] == max(r["jaccard_mean"] for n, r in table.items() if n != "ours")
+    assert result["chosen_head"][0]["copy_combine"] == "mixture"

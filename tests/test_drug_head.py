@@ -65,6 +65,30 @@ def test_copy_path_adds_exactly_the_gate_of_earlier_drugs():
     assert head.previous_drugs(BATCH_CODES).tolist() == [[0, 0, 0], [0, 1, 1]]
 
 
+def test_mixture_copy_mixes_probabilities_for_readmissions_only():
+    head = zero_head(copy="last", copy_combine="mixture")
+    with torch.no_grad():
+        head.copy_gate.copy_(torch.tensor([0.3, 1.7, -0.4]))
+        head.copy_gate_shared.fill_(0.25)
+    logits = head(torch.randn(2, 4), BATCH_CODES)
+    bias = torch.tensor([0.5, -1.0, 2.0])
+    assert torch.allclose(logits[0], bias, atol=1e-5)  # a first admission has nothing to copy: logits unchanged
+    # patient 1 (previous admission gave B02): p = (1 - g_d) sigmoid(bias) + g_d [d == B02], g_d = sigmoid(gate)
+    share = torch.sigmoid(torch.tensor([0.3, 1.7, -0.4]) + 0.25)
+    expected = (1 - share) * torch.sigmoid(bias) + share * torch.tensor([0.0, 1.0, 0.0])
+    assert torch.allclose(torch.sigmoid(logits[1]), expected, atol=1e-5)
+    assert torch.sigmoid(logits[1, 1]) > torch.sigmoid(bias[1])  # the copied drug rises...
+    assert (torch.sigmoid(logits[1, [0, 2]]) < torch.sigmoid(bias[[0, 2]])).all()  # ...the others fall
+    # the gate starts where (1 - g) q + g = p: B02 repeated (p -> 0.99), q = sigmoid(-1.0)
+    labels = torch.tensor([[1.0, 0.0, 1.0], [0.0, 1.0, 0.0]])
+    gate = head.init_copy_gate([{"codes": BATCH_CODES, "label": labels}])
+    q = 1 / (1 + math.exp(1.0))
+    share = min((0.99 - q) / (1 - q), 0.99)
+    assert gate == pytest.approx(math.log(share / (1 - share)))
+    with pytest.raises(ValueError, match="copy_combine"):
+        DrugHead(4, CODES, DRUGS, copy="last", copy_combine="sum")
+
+
 def test_wide_path_is_a_linear_map_of_the_multi_hot_codes():
     head = zero_head(wide="all")
     weight = torch.arange(18, dtype=torch.float).view(3, 6) / 10  # [D, V]: column c - 1 for code index c

@@ -16,6 +16,8 @@ from ldoctor.metrics import (
     DrugMetrics,
     DrugPRAUC,
     drug_metrics,
+    expected_jaccard_sets,
+    predicted_sets,
     prepare_for_metrics,
 )
 from ldoctor.tasks import drug_task
@@ -124,3 +126,37 @@ def test_nothing_scored_gives_nan():
     prauc = DrugPRAUC()
     prauc.update(torch.rand(2, D), torch.zeros(2, D, dtype=torch.long))  # no true drug anywhere
     assert torch.isnan(prauc.compute())
+
+
+def test_expected_jaccard_sets_match_a_brute_force_search():
+    g = torch.Generator().manual_seed(3)
+    probs = torch.rand(30, 7, generator=g) ** 2
+    chosen = expected_jaccard_sets(probs)
+    for p, c in zip(probs.tolist(), chosen.tolist()):
+        # every non-empty subset, scored by expected intersection / expected union
+        best, best_set = -1.0, None
+        for mask in range(1, 2 ** len(p)):
+            subset = [i for i in range(len(p)) if mask >> i & 1]
+            ratio = sum(p[i] for i in subset) / (len(subset) + sum(p[i] for i in range(len(p)) if i not in subset))
+            if ratio > best + 1e-12:
+                best, best_set = ratio, set(subset)
+        assert {i for i in range(len(p)) if c[i] == 1} == best_set
+    # hand-computed: sorted 0.9 0.6 0.35 0.2 0.05 (sum 2.1): k=1 0.409, k=2 1.5/2.6 = 0.577, k=3 1.85/3.25 = 0.569
+    assert expected_jaccard_sets(torch.tensor([[0.9, 0.2, 0.6, 0.35, 0.05]])).tolist() == [[1, 0, 1, 0, 0]]
+    # low probabilities everywhere: still the single most probable drug, never an empty set
+    assert expected_jaccard_sets(torch.tensor([[0.01, 0.02, 0.015]])).tolist() == [[0, 1, 0]]
+
+
+def test_metrics_with_the_expected_jaccard_decision():
+    probs, target = _random(4)
+    sets = expected_jaccard_sets(probs)
+    assert torch.equal(predicted_sets(probs, "expected_jaccard"), sets)
+    assert torch.equal(predicted_sets(probs, 0.5), (probs >= 0.5).float())
+    # scoring the 0/1 sets at threshold 0.5 gives the same Jaccard, F1 and count as the decision rule itself
+    for metric in (DrugJaccard, DrugF1, DrugCount):
+        assert torch.allclose(metric("expected_jaccard").scores(probs, target.float()),
+                              metric(0.5).scores(sets, target.float()))
+    values = DrugMetrics(drug_task([f"d{i}" for i in range(D)], ["<unk>", "D:1"]), threshold="expected_jaccard")(probs, target)
+    assert float(values["avg_drugs"]) == pytest.approx(float(sets.sum(1).mean()))
+    with pytest.raises(ValueError, match="expected_jaccard"):
+        DrugJaccard("best")

