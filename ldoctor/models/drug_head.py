@@ -214,7 +214,8 @@ class DrugHead(nn.Module):
             previous = self.previous_drugs(codes).to(logits.dtype)
             if self.copy_combine == "logit":
                 return logits + gate * previous
-            share = torch.sigmoid(gate) * previous.amax(dim=1, keepdim=True)  # 0 for first admissions
+            share = torch.sigmoid(gate)
             probs = (1 - share) * torch.sigmoid(logits) + share * previous
-            return torch.logit(probs.clamp(MIXTURE_EPS, 1 - MIXTURE_EPS))
+            mixed = torch.logit(probs.clamp(MIXTURE_EPS, 1 - MIXTURE_EPS))
+            return torch.where(previous.amax(dim=1, keepdim=True) > 0, mixed, logits)  # first admissions: as is
         return logits
