@@ -187,6 +187,7 @@ def _mean_members(members: list[dict]) -> dict:
     first = members[0]
     assert all(m["ids"] == first["ids"] and m["val_ids"] == first["val_ids"] for m in members)
     return {**first, "prob": np.mean([m["prob"] for m in members], axis=0).tolist(),
+            "member_prob": [m["prob"] for m in members],
             "val_prob": np.mean([m["val_prob"] for m in members], axis=0).tolist(),
             "best_val_auroc": [m["best_val_auroc"] for m in members] if len(members) > 1 else first["best_val_auroc"],
             "fit_seconds": round(sum(m["fit_seconds"] for m in members), 1)}
@@ -250,6 +251,7 @@ def cross_validation(dm: LIDCDataModule, args: argparse.Namespace) -> dict:
         per_fold.append({"fold": result["fold"], "test_nodules": len(y), "malignant": int(y.sum()),
                          "auroc": float(roc_auc_score(y, prob)), "accuracy": float(accuracy_score(y, prob > 0.5)),
                          "baseline_auroc": baseline["auroc"], "baseline_accuracy": baseline["accuracy"],
+                         "member_auroc": [float(roc_auc_score(y, m)) for m in result["member_prob"]],
                          "fusion_auroc": float(roc_auc_score(y, both)) if np.isfinite(both).all() else None,
                          "fusion_accuracy": float(accuracy_score(y, both > 0.5)) if np.isfinite(both).all() else None,
                          "best_val_auroc": result["best_val_auroc"], "fit_seconds": result["fit_seconds"]})
@@ -277,6 +279,7 @@ def cross_validation(dm: LIDCDataModule, args: argparse.Namespace) -> dict:
         "baseline_accuracy": fold_mean("baseline_accuracy")["mean"],
         "pooled_auroc": float(roc_auc_score(y, ours_all)), "pooled_baseline_auroc": float(roc_auc_score(y, geometry_all)),
         "ours_minus_baseline": paired_bootstrap(y, ours_all, geometry_all, patients, np.array(fold_of)),
+        "member_auroc": [float(np.mean([f["member_auroc"][m] for f in per_fold])) for m in range(args.ensemble)],
         "fusion_auroc": fold_mean("fusion_auroc")["mean"], "fusion_auroc_std": fold_mean("fusion_auroc")["std"],
         "fusion_accuracy": fold_mean("fusion_accuracy")["mean"],
         "fusion_minus_baseline": paired_bootstrap(y, fused_all, geometry_all, patients, np.array(fold_of))

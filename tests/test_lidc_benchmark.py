@@ -49,5 +49,6 @@ def test_cross_validation_tests_every_nodule_once(tmp_path):
     assert difference["ci95"][0] <= difference["difference"] <= difference["ci95"][1]
     assert result["tta"] is True and not result["facts_ok"]  # the cut is not the full database
     # two members per fold, each with its own checkpoint; the fold's scores are their mean
-    assert result["ensemble"] == 2 and all(len(f["best_val_auroc"]) == 2 for f in folds)
+    assert result["ensemble"] == 2 and all(len(f["best_val_auroc"]) == len(f["member_auroc"]) == 2 for f in folds)
+    assert result["member_auroc"] == pytest.approx([np.mean([f["member_auroc"][m] for f in folds]) for m in (0, 1)])
     assert (tmp_path / "work" / "fold1" / "member1" / "checkpoints" / "best.ckpt").is_file()
