@@ -396,6 +396,9 @@ def main(argv: list[str] | None = None) -> dict:
                         help="cross-validation: average the probabilities over in-plane flips of the views")
     parser.add_argument("--out", help="write the results as JSON here")
     args = parser.parse_args(argv)
+    if args.folds == 1 or args.folds < 0 or args.ensemble < 1 or args.jobs < 1:
+        parser.error(f"need --folds 0 or >= 2, --ensemble >= 1 and --jobs >= 1 (got {args.folds}, {args.ensemble}, "
+                     f"{args.jobs})")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     torch.set_num_threads(args.threads)
     start = time.time()

@@ -52,3 +52,10 @@ def test_cross_validation_tests_every_nodule_once(tmp_path):
     assert result["ensemble"] == 2 and all(len(f["best_val_auroc"]) == len(f["member_auroc"]) == 2 for f in folds)
     assert result["member_auroc"] == pytest.approx([np.mean([f["member_auroc"][m] for f in folds]) for m in (0, 1)])
     assert (tmp_path / "work" / "fold1" / "member1" / "checkpoints" / "best.ckpt").is_file()
+
+
+@pytest.mark.parametrize("bad", [["--folds", "1"], ["--ensemble", "0"], ["--jobs", "0"]])
+def test_bad_cross_validation_options_stop_before_any_work(bad, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        lidc_benchmark.main(["--cases-dir", str(tmp_path / "cases"), *bad])
+    assert "need --folds 0 or >= 2" in capsys.readouterr().err and not (tmp_path / "cases").exists()
