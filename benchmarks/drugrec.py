@@ -500,7 +500,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--score-split",
         default="test",
         choices=["test", "val"],
-        help="split every method is scored on: test (the benchmark) or val (for choosing options; test unread)",
+        help="split every method is scored on: test (the benchmark) or val (for choosing options; test unread; "
+        "with several head candidates the one chosen on val is then scored on the same val, optimistically)",
     )
     p.add_argument("--out", default=None, help="write the result as JSON here")
     return p.parse_args(argv)
