@@ -48,6 +48,11 @@ def read_multitask_checkpoint(path: str, tasks: list[TaskSpec]) -> tuple[list[Ta
     return list(saved.values()), checkpoint["state_dict"]
 
 
+def _single_process() -> bool:
+    """``distributed_available_fn`` of the module's metrics: they never sync themselves (see ``_gathered``)."""
+    return False
+
+
 class MultiTaskModule(L.LightningModule):
     """Shared trunk, one head per task, masked per-task losses combined by a weighting strategy.
 
@@ -155,9 +160,14 @@ class MultiTaskModule(L.LightningModule):
                 for n, spec in self.task_specs.items()
             }
         )
+        for collection in self.task_metrics.values():
+            for metric in collection.values() if isinstance(collection, MetricCollection) else [collection]:
+                # this module gathers the predictions of every process itself (``_gathered``): a metric syncing its
+                # own states would wait forever on a process that saw no label of its task
+                metric.distributed_available_fn = _single_process
         if state is not None:
             self._load_initial_state(state, init_checkpoint, trained_tasks)
-        self._metrics_updated: set[str] = set()
+        self._eval_outputs: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {}
         self.optimizer_factory = optimizer
         self.lr_scheduler_factory = lr_scheduler
         self.trunk_lr_factor = trunk_lr_factor
@@ -282,14 +292,18 @@ class MultiTaskModule(L.LightningModule):
         name = self._eval_task_name(dataloader_idx)
         logits = self.net.forward_task(name, batch)
         loss = self.task_losses[name](logits, batch["label"])
-        if loss is not None:
-            self.log(
-                f"{split}/{name}/loss", loss, batch_size=len(batch["label"]), add_dataloader_idx=False, sync_dist=True
-            )
+        # a batch without labels is logged with weight 0, so that every DDP process logs (and later reduces) the
+        # same keys: a key logged by one process only would leave the others waiting in the epoch-end reduction
+        self.log(
+            f"{split}/{name}/loss",
+            loss if loss is not None else logits.new_zeros((), dtype=torch.float32),
+            batch_size=len(batch["label"]) if loss is not None else 0,
+            add_dataloader_idx=False,
+            sync_dist=True,
+        )
         prepared = prepare_for_metrics(self.task_specs[name], logits, batch["label"])
         if prepared is not None:
-            self.task_metrics[f"{split}_{name}"].update(*prepared)
-            self._metrics_updated.add(f"{split}_{name}")
+            self._eval_outputs.setdefault(f"{split}_{name}", []).append(prepared)
 
     def validation_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
         self._eval_step("val", batch, dataloader_idx)
@@ -297,14 +311,36 @@ class MultiTaskModule(L.LightningModule):
     def test_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
         self._eval_step("test", batch, dataloader_idx)
 
+    def _gathered(self, name: str, outputs: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple | None:
+        """This process's labelled ``(probabilities, targets)`` of task ``name`` joined with every other process's
+        (all processes take part, also those without any); ``None`` when no process has any."""
+        spec = self.task_specs[name]
+        if outputs:
+            preds, target = (torch.cat(parts) for parts in zip(*outputs))
+        else:
+            width = () if spec.kind == "binary" else (spec.num_outputs,)
+            preds = torch.zeros((0, *width), device=self.device)
+            target = torch.zeros((0, *(width if spec.kind == "multilabel" else ())), dtype=torch.long,
+                                 device=self.device)
+        if self.trainer.world_size == 1:
+            return (preds, target) if len(target) else None
+        counts = self.all_gather(torch.tensor(len(target), device=self.device)).view(-1)
+        if int(counts.sum()) == 0:
+            return None
+        size = int(counts.max())
+        padded = [torch.cat([t, t.new_zeros((size - len(t), *t.shape[1:]))]) for t in (preds, target)]
+        everyone = [self.all_gather(t) for t in padded]  # [world, size, ...]
+        return tuple(torch.cat([g[r, : int(n)] for r, n in enumerate(counts)]) for g in everyone)
+
     def _log_epoch_metrics(self, split: str) -> None:
         aurocs = []
         for name in self.task_names:
             key = f"{split}_{name}"
-            if key not in self._metrics_updated:
+            gathered = self._gathered(name, self._eval_outputs.pop(key, []))
+            if gathered is None:
                 continue
-            self._metrics_updated.discard(key)
             collection: MetricCollection = self.task_metrics[key]
+            collection.update(*gathered)
             for metric, value in collection.compute().items():
                 self.log(f"{split}/{name}/{metric}", value, add_dataloader_idx=False)
                 if metric == "auroc" and not math.isnan(float(value)):

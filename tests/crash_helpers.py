@@ -39,3 +39,38 @@ class RankDump(L.Callback):
             "val_samples": len(trainer.val_dataloaders["tumor"].sampler),
         }
         torch.save(state, f"{self.out_dir}/rank{trainer.global_rank}.pt")
+
+
+class _OddUnlabelled:
+    """Wrap a dataset: samples at odd indices lose their label (NaN = unknown)."""
+
+    def __init__(self, dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> dict:
+        import torch
+
+        item = dict(self.dataset[index])
+        if index % 2:
+            item["label"] = torch.full_like(torch.as_tensor(item["label"], dtype=torch.float32), float("nan"))
+        return item
+
+
+def _odd_unlabelled_tumor():
+    from datamodules.synthetic import SyntheticTumorDataModule
+
+    class OddUnlabelledTumor(SyntheticTumorDataModule):
+        """Synthetic tumor data whose validation samples at odd indices are unlabelled: with two DDP processes and
+        Lightning's distributed sampler (rank r gets indices r, r + 2, ...), rank 1 sees no tumor label at all."""
+
+        def setup(self, stage: str) -> None:
+            super().setup(stage)
+            self.val_dataset = _OddUnlabelled(self.val_dataset)
+
+    return OddUnlabelledTumor
+
+
+OddUnlabelledTumor = _odd_unlabelled_tumor()

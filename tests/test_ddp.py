@@ -51,3 +51,32 @@ def test_ddp_two_cpu_processes(tmp_path):
         key = f"val/{task}/auroc"
         assert rank0["val_metrics"][key] == rank1["val_metrics"][key]
         assert rank0["val_metrics"][key] == pytest.approx(float(trainer.callback_metrics[key]), abs=1e-6), key
+
+
+@pytest.mark.skipif(not torch.distributed.is_gloo_available(), reason="needs the gloo backend")
+def test_ddp_rank_without_labels_for_a_task_neither_hangs_nor_skews_metrics(tmp_path):
+    # every odd validation index is unlabelled for tumor, so rank 1 never sees a tumor label
+    config = tmp_path / "odd.yaml"
+    config.write_text((ROOT / "configs" / "smoke.yaml").read_text().replace(
+        "datamodules.synthetic.SyntheticTumorDataModule", "crash_helpers.OddUnlabelledTumor"))
+    env = {**os.environ, "PYTHONPATH": f"{ROOT / 'tests'}{os.pathsep}{ROOT}", "WANDB_MODE": "offline"}
+    args = [
+        sys.executable, str(ROOT / "train.py"), "fit", "--config", str(config),
+        f"--trainer.default_root_dir={tmp_path}",
+        "--trainer.strategy=ddp", "--trainer.accelerator=cpu", "--trainer.devices=2",
+        "--trainer.max_epochs=1", "--trainer.limit_train_batches=2", "--trainer.limit_val_batches=1.0",
+        "--trainer.enable_progress_bar=false",
+        "--trainer.callbacks+=crash_helpers.RankDump", f"--trainer.callbacks.out_dir={tmp_path}",
+    ]
+    run = subprocess.run(args, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-4000:]
+    rank0, rank1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
+    checkpoint = next(tmp_path.glob("lightning_logs/version_0/checkpoints/*.ckpt"))
+    model = MultiTaskModule.load_from_checkpoint(checkpoint)
+    cli = LDoctorCLI(args=["--config", str(config), "--trainer.limit_val_batches=1.0"], run=False)
+    trainer = L.Trainer(**tiny_trainer_kwargs(tmp_path / "single", limit_val_batches=1.0))
+    trainer.validate(model, datamodule=cli.datamodule, verbose=False)
+    # both ranks report the metrics of all 16 labelled tumor samples (all on rank 0), as one process does
+    for key in ("val/tumor/auroc", "val/tumor/loss", "val/disease/auroc", "val/drug/auroc"):
+        assert rank0["val_metrics"][key] == rank1["val_metrics"][key], key
+        assert rank0["val_metrics"][key] == pytest.approx(float(trainer.callback_metrics[key]), abs=1e-5), key
