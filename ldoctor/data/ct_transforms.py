@@ -42,6 +42,7 @@ from monai.transforms import (
 from scipy.ndimage import map_coordinates
 
 from ldoctor.data.ct import CTVolume, read_ct, world_to_voxel
+from ldoctor.data.radiomics import nodule_radiomics
 from ldoctor.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 
 #: Air, used outside the scanned field of view.
@@ -189,6 +190,27 @@ class NodulePatchd(MapTransform):
         return d
 
 
+class NoduleRadiomicsd(MapTransform):
+    """Measure the nodule in a HU cube (``[1, S, S, S]``, before windowing) into ``"features"``: float32
+    ``[len(RADIOMIC_FEATURES)]`` (:func:`ldoctor.data.radiomics.nodule_radiomics`).
+
+    Args:
+        keys: key holding the HU cube.
+        spacing_mm: the cube's sample spacing, mm.
+        output_key: where the features go.
+    """
+
+    def __init__(self, keys: KeysCollection = "image", spacing_mm: float = 1.0, output_key: str = "features") -> None:
+        super().__init__(keys)
+        self.spacing_mm, self.output_key = spacing_mm, output_key
+
+    def __call__(self, data: Mapping[Hashable, object]) -> dict:
+        d = dict(data)
+        (key,) = self.keys
+        d[self.output_key] = torch.from_numpy(nodule_radiomics(np.asarray(d[key])[0], self.spacing_mm))
+        return d
+
+
 class Views25Dd(MapTransform):
     """Replace a ``[1, S, S, S]`` cube in ``[0, 1]`` by its 2.5D views ``[views, 3, S, S]`` (:func:`views_25d`).
 
@@ -256,16 +278,22 @@ DEFAULT_CT_AUGMENTATION = CTAugmentation()
 
 
 def nodule_preprocess(
-    size_mm: float = 64.0, spacing_mm: float = 1.0, hu_window: tuple[float, float] = (-1000.0, 400.0)
+    size_mm: float = 64.0,
+    spacing_mm: float = 1.0,
+    hu_window: tuple[float, float] = (-1000.0, 400.0),
+    radiomics: bool = False,
 ) -> Compose:
-    """Deterministic part: load + resample + window -> ``"image"`` float16 ``[1, S, S, S]`` in ``[0, 1]``."""
+    """Deterministic part: load + resample + window -> ``"image"`` float16 ``[1, S, S, S]`` in ``[0, 1]``; with
+    ``radiomics``, also ``"features"`` measured on the HU cube before windowing (:class:`NoduleRadiomicsd`)."""
+    measure = [NoduleRadiomicsd("image", spacing_mm)] if radiomics else []
     return Compose(
         [
             NodulePatchd("image", size_mm=size_mm, spacing_mm=spacing_mm),
+            *measure,
             ScaleIntensityRanged("image", a_min=hu_window[0], a_max=hu_window[1], b_min=0.0, b_max=1.0, clip=True),
             EnsureTyped("image", dtype=torch.float16, track_meta=False),
             EnsureTyped("label", dtype=torch.float32, track_meta=False),
-            SelectItemsd(["image", "label", "id"]),
+            SelectItemsd(["image", "label", "id", *(["features"] if radiomics else [])]),
         ]
     )
 

@@ -22,6 +22,8 @@ class MultiTaskNet(nn.Module):
       learned ``no_image`` vector. With ``code_wide`` or ``code_copy`` the code task's head is a ``DrugHead``
       (``ldoctor.models.drug_head``): the linear read-out plus a linear map of the multi-hot codes and a learned
       per-drug gate on the earlier admissions' drugs.
+    - image tasks with ``TaskSpec.feature_names`` (the tumor task's radiomics): the batch's ``"features"``
+      ``[B, K]`` are standardised and added to the logits through a linear path.
 
     Args:
         tasks: the task specs.
@@ -69,7 +71,7 @@ class MultiTaskNet(nn.Module):
                     spec, 2 * history_hidden_dim, dropout, code_wide, code_copy, wide_dropout, copy_combine
                 )
             else:
-                self.heads[name] = ClassificationHead(feat, spec.num_outputs, dropout)
+                self.heads[name] = ClassificationHead(feat, spec.num_outputs, dropout, len(spec.feature_names))
 
     @staticmethod
     def _code_head(
@@ -122,6 +124,8 @@ class MultiTaskNet(nn.Module):
                 return self.heads[name](features, batch["codes"])
         else:
             features = self.image_features(batch[spec.input_key])
+            if spec.feature_names:
+                return self.heads[name](features, batch.get("features"))
         return self.heads[name](features)
 
     def forward(self, batches: dict[str, dict]) -> dict[str, torch.Tensor]:
