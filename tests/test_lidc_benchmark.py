@@ -52,6 +52,13 @@ def test_cross_validation_tests_every_nodule_once(tmp_path):
     assert result["ensemble"] == 2 and all(len(f["best_val_auroc"]) == len(f["member_auroc"]) == 2 for f in folds)
     assert result["member_auroc"] == pytest.approx([np.mean([f["member_auroc"][m] for f in folds]) for m in (0, 1)])
     assert (tmp_path / "work" / "fold1" / "member1" / "checkpoints" / "best.ckpt").is_file()
+    # the regression on the image-measured features (--radiomics, the default), scored on the same nodules
+    for fold in folds:
+        rows = [p for p in result["predictions"] if p["fold"] == fold["fold"]]
+        assert fold["radiomics_regression_auroc"] == pytest.approx(
+            roc_auc_score([p["label"] for p in rows], [p["radiomics_regression"] for p in rows]))
+    assert result["radiomics_regression_minus_baseline"]["difference"] == pytest.approx(
+        result["radiomics_regression_auroc"] - result["baseline_auroc"])
 
 
 @pytest.mark.parametrize("bad", [["--folds", "1"], ["--ensemble", "0"], ["--jobs", "0"]])
