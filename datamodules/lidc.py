@@ -239,6 +239,11 @@ class LIDCDataModule(TaskDataModule):
         self.splits: dict[str, list[dict]] = {}
 
     @property
+    def feature_names(self) -> list[str]:
+        """Names of the batches' ``"features"`` columns (empty with ``radiomics="none"``)."""
+        return list(RADIOMIC_FEATURES) if self.radiomics != "none" else []
+
+    @property
     def task(self) -> TaskSpec:
         return tumor_task(RADIOMIC_FEATURES if self.radiomics == "head" else ())
 

@@ -253,6 +253,43 @@ def test_radiomics_measure_the_nodule_and_travel_with_the_model(virtual_root, tm
         torch.testing.assert_close(restored.net.forward_task("tumor", batch), model.net.forward_task("tumor", batch))
 
 
+def test_feature_stacking_callback_stacks_the_best_checkpoint(virtual_root, tmp_path):
+    from lightning.pytorch.callbacks import ModelCheckpoint
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import roc_auc_score
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from ldoctor.callbacks import FeatureStacking
+    from ldoctor.module import MultiTaskModule
+    from ldoctor.stacking import FeatureStack
+
+    dm = make_dm(virtual_root, radiomics="batch", patch_size_mm=36.0, val_fraction=0.3, test_fraction=0.2)
+    dm.setup("fit")
+    assert dm.feature_names == list(RADIOMIC_FEATURES)
+    model = MultiTaskModule(tasks=dm.tasks, trunk="resnet18")
+    stacking = FeatureStacking()
+    checkpoint = ModelCheckpoint(dirpath=tmp_path / "ckpt", monitor="val/tumor/auroc", mode="max")
+    kwargs = tiny_trainer_kwargs(tmp_path, max_epochs=2, limit_train_batches=1)
+    trainer = L.Trainer(**{**kwargs, "callbacks": [checkpoint, stacking], "enable_checkpointing": True})
+    trainer.fit(model, datamodule=dm)
+    assert stacking.path == tmp_path / "ckpt" / "feature_stack_tumor.json"
+    stack = FeatureStack.load(stacking.path)
+    assert stack.feature_names == list(RADIOMIC_FEATURES)
+    # the feature regression is the plain logistic regression on the training nodules' features
+    x, y = dm.radiomic_features("train")
+    xv, yv = dm.radiomic_features("val")
+    reference = make_pipeline(StandardScaler(), LogisticRegression(max_iter=5000)).fit(x, y)
+    np.testing.assert_allclose(stack.feature_probs(xv), reference.predict_proba(xv)[:, 1], rtol=1e-5)
+    # the image probabilities are the best checkpoint's, not the last weights'
+    best = MultiTaskModule.load_from_checkpoint(checkpoint.best_model_path).eval()
+    with torch.no_grad():
+        batch = next(iter(DataLoader(dm.val_dataset, batch_size=len(dm.val_dataset))))
+        probs = torch.sigmoid(best.net.forward_task("tumor", batch))[:, 0].double().numpy()
+    assert stacking.scores["image_model"] == pytest.approx(roc_auc_score(yv, probs))
+    assert stacking.scores["stack"] == pytest.approx(roc_auc_score(yv, stack.predict(probs, xv)))
+
+
 # --------------------------------------------------------------------------------------------- bad input
 
 
