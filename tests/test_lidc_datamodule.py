@@ -290,6 +290,26 @@ def test_feature_stacking_callback_stacks_the_best_checkpoint(virtual_root, tmp_
     assert stacking.scores["stack"] == pytest.approx(roc_auc_score(yv, stack.predict(probs, xv)))
 
 
+def test_lidc_config_trains_from_dicom_and_stacks(virtual_root, tmp_path):
+    """``python train.py fit --config configs/lidc.yaml --data.root <virtual cases>`` plus the stacking callback."""
+    from ldoctor.cli import LDoctorCLI
+    from ldoctor.stacking import FeatureStack
+
+    cli = LDoctorCLI(args=[
+        "fit", "--config", "configs/lidc.yaml", f"--data.root={virtual_root}", "--data.patch_size_mm=24",
+        "--data.radiomics=batch", "--data.val_fraction=0.3", "--data.test_fraction=0.2", "--model.trunk=resnet18",
+        "--trainer.callbacks+=ldoctor.callbacks.FeatureStacking", f"--trainer.default_root_dir={tmp_path}",
+        "--trainer.max_epochs=1", "--trainer.limit_train_batches=2", "--trainer.enable_progress_bar=false",
+        "--trainer.enable_model_summary=false", "--trainer.logger=false"])
+    assert isinstance(cli.datamodule, LIDCDataModule) and cli.trainer.global_step >= 1
+    from ldoctor.callbacks import FeatureStacking
+
+    (stacking,) = [c for c in cli.trainer.callbacks if isinstance(c, FeatureStacking)]
+    assert stacking.path.parent == Path(cli.trainer.checkpoint_callback.best_model_path).parent
+    assert set(stacking.scores) == {"image_model", "features", "stack"}
+    assert FeatureStack.load(stacking.path).feature_names == list(RADIOMIC_FEATURES)
+
+
 # --------------------------------------------------------------------------------------------- bad input
 
 
