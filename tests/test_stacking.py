@@ -83,3 +83,11 @@ def test_bad_input_is_named():
         FeatureStack.fit(bad, y, pv, xv, yv)
     with pytest.raises(ValueError, match="2 feature names for 3 columns"):
         FeatureStack.fit(x, y, pv, xv, yv, ["a", "b"])
+
+
+def test_stacking_callback_reads_soft_targets_on_their_side_of_one_half():
+    from ldoctor.callbacks.feature_stacking import binary_labels
+
+    kept, y = binary_labels(np.array([0.0, 1.0, 0.125, 0.875, 0.5, np.nan]))
+    assert kept.tolist() == [True, True, True, True, False, False]
+    assert y[kept].tolist() == [0.0, 1.0, 0.0, 1.0]

@@ -29,6 +29,13 @@ from ldoctor.stacking import FeatureStack
 log = logging.getLogger(__name__)
 
 
+def binary_labels(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(kept, 0/1 labels)``: a soft target (``LIDCDataModule(soft_labels=True)``: ``(consensus - 1) / 4``)
+    counts on its side of 0.5; exactly 0.5 (ambiguous) and NaN (unknown) are not kept."""
+    labels = np.asarray(labels, dtype=float)
+    return np.isfinite(labels) & (labels != 0.5), (labels > 0.5).astype(float)
+
+
 class FeatureStacking(L.Callback):
     """Fit and save a :class:`~ldoctor.stacking.FeatureStack` for ``task`` at the end of ``fit`` (rank 0).
 
@@ -98,8 +105,8 @@ class FeatureStacking(L.Callback):
         x_train, y_train = self._features_and_labels(dm.train_dataset, "training", self.task)
         x_val, y_val = self._features_and_labels(dm.val_dataset, "validation", self.task)
         probs = self._probabilities(self._best_net(trainer, pl_module), dm.val_dataset, pl_module.device)
-        # only 0/1 labels: soft training targets and unknown (NaN) labels are left out
-        hard_train, hard_val = np.isin(y_train, (0.0, 1.0)), np.isin(y_val, (0.0, 1.0))
+        hard_train, y_train = binary_labels(y_train)
+        hard_val, y_val = binary_labels(y_val)
         self.stack = FeatureStack.fit(x_train[hard_train], y_train[hard_train], probs[hard_val], x_val[hard_val],
                                       y_val[hard_val], getattr(dm, "feature_names", None) or None)
         folder = Path(getattr(trainer.checkpoint_callback, "dirpath", None) or trainer.default_root_dir)
