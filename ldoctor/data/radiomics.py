@@ -1,9 +1,10 @@
 """Nodule shape and density measured from the CT patch itself (hand-made radiomic features).
 
 The image model reads a nodule from 2.5D views; size, the strongest malignancy cue in the LIDC ratings, is
-easier to measure than to learn from a few thousand nodules. These features measure it from the HU cube, so the
-``tumor`` head can add them through a linear path (``TaskSpec.feature_names``). They need nothing but the image:
-no reader outline, so they are available for any new scan.
+easier to measure than to learn from a few thousand nodules. These features measure it from the HU cube, for a
+regression stacked with the image model (:mod:`ldoctor.stacking`, ``LIDCDataModule(radiomics="batch")``) or for
+a linear side path in the ``tumor`` head (``radiomics="head"``, ``TaskSpec.feature_names``). They need nothing
+but the image: no reader outline, so they are available for any new scan.
 
 Segmentation of the lesion (:func:`segment_lesion`):
 
