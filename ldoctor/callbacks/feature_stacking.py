@@ -15,18 +15,15 @@ Example (CLI):
 from __future__ import annotations
 
 import copy
-import logging
 from pathlib import Path
 
 import lightning as L
 import numpy as np
 import torch
-from lightning.pytorch.utilities import rank_zero_only
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 from sklearn.metrics import roc_auc_score
 
 from ldoctor.stacking import FeatureStack
-
-log = logging.getLogger(__name__)
 
 
 def binary_labels(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -122,5 +119,5 @@ class FeatureStacking(L.Callback):
         for logger in trainer.loggers:
             logger.log_metrics({f"stack/{self.task}/val_auroc_{k}": v for k, v in self.scores.items()},
                                step=trainer.global_step)
-        log.info("FeatureStacking: %s written; validation AUROC %s (the stack's is fitted on these cases)",
-                 self.path, {k: round(v, 4) for k, v in self.scores.items()})
+        rank_zero_info(f"FeatureStacking: {self.path} written; validation AUROC "
+                       f"{ {k: round(v, 4) for k, v in self.scores.items()} } (the stack's is fitted on these cases)")
