@@ -364,6 +364,7 @@ def run_splits(args: argparse.Namespace) -> dict:
     runs: dict[str, list[dict[str, float]]] = {}
     chosen, trials = [], []
     by_type: dict[str, list[np.ndarray]] = {}
+    readmissions: list[np.ndarray] = []
     cohort = None
     for seed in args.seeds:
         dm = datamodule(args, seed)
@@ -379,11 +380,11 @@ def run_splits(args: argparse.Namespace) -> dict:
         for name, values in baselines(dm, ddi, args.decision, args.score_split).items():
             runs.setdefault(name, []).append(summarise(values))
             by_type.setdefault(name, []).append(values["jaccard"])
-        by_type.setdefault("_readmission", []).append(readmission)
+        readmissions.append(readmission)
         logging.info("seed %d: ours %s", seed, runs["ours"][-1])
     table = {name: mean_std(r) for name, r in runs.items()}
     best = max((n for n in table if n != "ours"), key=lambda n: table[n]["jaccard_mean"])
-    readmission = np.concatenate(by_type.pop("_readmission"))
+    readmission = np.concatenate(readmissions)
     admission_types = {
         name: {
             "first_admissions": float(np.concatenate(v)[~readmission].mean()) if (~readmission).any() else None,

