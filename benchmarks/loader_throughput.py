@@ -26,8 +26,8 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from ldoctor.data.cache import cached_dataset
-from ldoctor.data.transforms import DEFAULT_AUGMENTATION, radiograph_postprocess, radiograph_preprocess
+from ldoctor.transforms.cache import cached_dataset
+from ldoctor.transforms.radiograph import DEFAULT_AUGMENTATION, radiograph_postprocess, radiograph_preprocess
 
 REAL_1024 = Path(__file__).resolve().parents[1] / "tests" / "data" / "nih" / "images" / "1024"
 
@@ -80,7 +80,7 @@ def run(args: argparse.Namespace) -> dict:
         post = radiograph_postprocess(DEFAULT_AUGMENTATION, args.image_size)
 
         def loader(cache_dir: Path | None) -> DataLoader:
-            dataset = cached_dataset(records, pre, post, cache_dir=cache_dir)
+            dataset = cached_dataset(records, pre, post, "disk" if cache_dir else "none", cache_dir)
             return DataLoader(dataset, batch_size=args.batch_size, shuffle=True, num_workers=args.num_workers,
                               persistent_workers=args.num_workers > 0)
 

@@ -27,6 +27,7 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
 from datamodules.medmnist import PNEUMONIAMNIST_DEMO, MedMNISTDataModule
 from ldoctor.losses import EqualWeighting
+from ldoctor.models.heads import ClassificationHead
 from ldoctor.module import MultiTaskModule
 
 #: MedMNIST v2, PneumoniaMNIST **test** split, (AUC, ACC): Yang et al., "MedMNIST v2 - A large-scale lightweight
@@ -92,7 +93,8 @@ def run(args: argparse.Namespace) -> dict:
         batch_size=args.batch_size, num_workers=args.num_workers,
     )
     model = MultiTaskModule(
-        tasks=dm.tasks, trunk=args.trunk, trunk_weights=args.weights, dropout=0.1,
+        tasks=dm.tasks, heads={"disease": partial(ClassificationHead, dropout=0.1)}, trunk=args.trunk,
+        trunk_weights=args.weights,
         optimizer=partial(torch.optim.AdamW, lr=args.lr, weight_decay=args.weight_decay),
         lr_scheduler=partial(torch.optim.lr_scheduler.CosineAnnealingLR, T_max=args.epochs),
         weighting=EqualWeighting,

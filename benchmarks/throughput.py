@@ -25,11 +25,13 @@ import torchvision
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from datamodules.base import TaskDataModule
 from datamodules.multitask import MultiTaskDataModule
 from datamodules.synthetic import SyntheticDrugDataModule
+from ldoctor.datamodule import TaskDataModule
+from ldoctor.datasets.lidc import tumor_task
+from ldoctor.datasets.nih import disease_task
 from ldoctor.module import MultiTaskModule
-from ldoctor.tasks import TaskSpec, disease_task, tumor_task
+from ldoctor.tasks import TaskSpec
 
 
 class InMemory(Dataset):
@@ -58,6 +60,9 @@ class InMemoryDataModule(TaskDataModule):
 
     def setup(self, stage: str) -> None:
         self.train_dataset = self.dataset
+
+    def train_labels(self) -> torch.Tensor:
+        return self.dataset.labels
 
 
 class StepTimer(L.Callback):

@@ -1,12 +1,4 @@
-"""MedMNIST v2 ``.npz`` files (Yang et al., Scientific Data 2023) as a task, from config alone.
-
-A MedMNIST 2D file holds ``{split}_images`` (``uint8 [N, H, W]`` grey or ``[N, H, W, 3]`` RGB) and
-``{split}_labels`` (``[N, 1]`` class indices or ``[N, C]`` 0/1 multi-labels) for ``split`` in ``train``,
-``val`` and, optionally, ``test``. The task kind follows from the labels: one column with classes {0, 1} ->
-``binary``, one column with more classes -> ``multiclass``, several columns -> ``multilabel`` (ChestMNIST).
-
-The default file is the PneumoniaMNIST train/val cut shipped in ``ldoctor/demo_data/pneumoniamnist``
-(0 = normal, 1 = pneumonia; CC BY 4.0).
+"""MedMNIST v2 ``.npz`` files as one task, from config alone (:mod:`ldoctor.datasets.medmnist.records`).
 
 Example:
     >>> dm = MedMNISTDataModule(class_names=["pneumonia"])   # doctest: +SKIP
@@ -24,71 +16,15 @@ import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from monai.data import Dataset
 
-import ldoctor
-from datamodules.base import TaskDataModule
-from ldoctor.data.labels import positive_weights
-from ldoctor.data.transforms import (
+from ldoctor.datamodule import TaskDataModule
+from ldoctor.datasets.medmnist.records import PNEUMONIAMNIST_DEMO, SPLITS, infer_task, load_split
+from ldoctor.tasks import TaskSpec
+from ldoctor.transforms.radiograph import (
     DEFAULT_AUGMENTATION,
     RadiographAugmentation,
     radiograph_postprocess,
     resize_uint8_batch,
 )
-from ldoctor.tasks import TaskSpec
-
-#: PneumoniaMNIST train (4,707) / val (524) shipped with the package (no test split).
-PNEUMONIAMNIST_DEMO = str(Path(ldoctor.__file__).parent / "demo_data/pneumoniamnist/pneumoniamnist_trainval.npz")
-SPLITS = ("train", "val", "test")
-
-
-def infer_task(labels: list[np.ndarray], name: str, class_names: list[str] | None) -> TaskSpec:
-    """Task spec from the label arrays of all splits (each ``[N, 1]`` or ``[N, C]``).
-
-    Args:
-        labels: label arrays of the splits.
-        name: task name.
-        class_names: one name per output; for a binary task either ``[positive]`` or ``[negative, positive]``.
-    """
-    columns = labels[0].shape[1]
-    if columns > 1:
-        kind, outputs = "multilabel", columns
-    else:
-        classes = int(max(int(y.max()) for y in labels if y.size)) + 1
-        kind, outputs = ("binary", 1) if classes <= 2 else ("multiclass", classes)
-    if kind == "binary" and class_names is not None and len(class_names) == 2:
-        class_names = class_names[1:]
-    return TaskSpec(name=name, kind=kind, num_outputs=outputs, class_names=class_names)
-
-
-def load_split(npz: np.lib.npyio.NpzFile, path: str, split: str) -> tuple[np.ndarray, np.ndarray]:
-    """Read and validate ``{split}_images`` / ``{split}_labels``.
-
-    Returns:
-        images ``uint8 [N, H, W]`` or ``[N, H, W, 3]``; labels ``int64 [N, columns]``.
-
-    Raises:
-        ValueError: naming the file, the key and the row: wrong dtype or rank, count mismatch, labels that
-            are not non-negative integers.
-    """
-    images, labels = npz[f"{split}_images"], npz[f"{split}_labels"]
-    if images.dtype != np.uint8 or images.ndim not in (3, 4) or (images.ndim == 4 and images.shape[-1] != 3):
-        raise ValueError(
-            f"{path}: {split}_images is {images.dtype} {images.shape}; expected uint8 [N, H, W] or [N, H, W, 3]"
-        )
-    labels = labels.reshape(len(labels), -1) if labels.ndim == 1 else labels
-    if labels.ndim != 2 or len(labels) != len(images):
-        raise ValueError(
-            f"{path}: {split}_labels has shape {labels.shape} for {len(images)} images; expected [N, 1] or [N, C]"
-        )
-    as_float = labels.astype(np.float64)
-    bad = np.flatnonzero(~np.isfinite(as_float).all(1) | (as_float < 0).any(1) | (as_float % 1 != 0).any(1))
-    if bad.size:
-        raise ValueError(
-            f"{path}: {split}_labels row {bad[0]} is {labels[bad[0]].tolist()}; expected non-negative integers"
-        )
-    if labels.shape[1] > 1 and (labels > 1).any():
-        row = int(np.flatnonzero((labels > 1).any(1))[0])
-        raise ValueError(f"{path}: {split}_labels row {row} is {labels[row].tolist()}; expected 0/1 multi-labels")
-    return images, labels.astype(np.int64)
 
 
 class MedMNISTDataModule(TaskDataModule):
@@ -184,11 +120,8 @@ class MedMNISTDataModule(TaskDataModule):
             raise RuntimeError("MedMNISTDataModule.labels: call setup() first")
         return self.arrays[split][1]
 
-    def pos_weight(self) -> torch.Tensor:
-        """``#negative / #positive`` per output over the training split, ``float32 [num_outputs]``.
-
-        Binary and multilabel tasks only; pass it to the masked BCE loss.
-        """
-        if self.task.kind == "multiclass":
-            raise ValueError(f"pos_weight is for binary/multilabel tasks; {self.task.name!r} is multiclass")
-        return positive_weights(self.labels("train").astype(np.float32), self.task.class_names)
+    def train_labels(self) -> torch.Tensor:
+        """Training labels as the batches carry them: ``[N, columns]`` (binary, multilabel) or ``[N]`` (multiclass)."""
+        self.setup("fit")
+        labels = self.labels("train").astype(np.float32)
+        return torch.from_numpy(labels[:, 0] if self.task.kind == "multiclass" else labels)

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import lightning as L
 from lightning.pytorch.utilities import CombinedLoader
 
-from datamodules.base import TaskDataModule
+from ldoctor.datamodule import LDoctorDataModule, TaskDataModule
 from ldoctor.tasks import TaskSpec, validate_tasks
 
 TRAIN_MODES = ("max_size_cycle", "min_size", "max_size")
 
 
-class MultiTaskDataModule(L.LightningDataModule):
+class MultiTaskDataModule(LDoctorDataModule):
     """Combine one DataModule per task.
 
     Training batches are ``{task_name: task_batch}`` from a ``CombinedLoader``; validation, test and
@@ -77,9 +76,10 @@ class MultiTaskDataModule(L.LightningDataModule):
         validate_tasks(specs)
         return specs
 
-    @property
-    def task_names(self) -> list[str]:
-        return list(self.datamodules)
+    def member(self, task: str) -> TaskDataModule:
+        if task not in self.datamodules:
+            raise KeyError(f"MultiTaskDataModule serves tasks {list(self.datamodules)}, not {task!r}")
+        return self.datamodules[task]
 
     def prepare_data(self) -> None:
         for dm in self.datamodules.values():

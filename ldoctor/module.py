@@ -10,14 +10,17 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 from torchmetrics import MetricCollection
 
-from ldoctor.losses import TaskLossCallable, UncertaintyWeighting, WeightingCallable, default_task_loss
+from ldoctor.config import factory_config, is_plain
+from ldoctor.datamodule import LDoctorDataModule
+from ldoctor.losses import TaskLoss, TaskLossCallable, UncertaintyWeighting, WeightingCallable, default_task_loss
 from ldoctor.metrics import MetricsCallable, prepare_for_metrics, task_metrics
-from ldoctor.models.drug_head import CopyCombine, CopyPath, DrugHead, WidePath
+from ldoctor.models.heads import HeadCallable, build_heads
 from ldoctor.models.net import MultiTaskNet
+from ldoctor.models.trunks import build_trunk
 from ldoctor.tasks import TaskSpec, validate_tasks
 
 SPLITS = ("val", "test")
@@ -58,29 +61,21 @@ class MultiTaskModule(L.LightningModule):
 
     Batches: training takes ``{task: task batch}`` (a ``CombinedLoader``) or a single task batch when the
     model has one task; validation/test/predict take one task batch per ``dataloader_idx`` in the order of the
-    datamodule's tasks. Logged: ``train/loss`` (weighted total), ``train/loss_unweighted``,
+    DataModule's ``tasks``. Logged: ``train/loss`` (weighted total), ``train/loss_unweighted``,
     ``{split}/{task}/loss``, ``{split}/{task}/{metric}``, ``weights/{task}``, ``val/auroc_mean``.
+
+    Nothing here is specific to a task: heads, losses and metrics are injected per task, each with a default by
+    the task's kind and input. What they need from the data comes through one hook, ``init_from_data``, called
+    once when ``fit`` starts with the task's :class:`~ldoctor.datamodule.TaskDataModule` (heads: e.g. a prior bias;
+    losses: e.g. ``pos_weight="auto"``).
 
     Args:
         tasks: the task specs (linked from ``data.tasks`` by the CLI; dicts are accepted from checkpoints).
-        trunk: registered trunk name (``resnet50`` default, ``resnet18`` for fast runs).
+        heads: per-task head factories, called with the task's spec and the trunk's feature width
+            (:class:`~ldoctor.models.heads.TaskHead` subclasses; in a config ``model.heads.<task>`` with
+            ``class_path`` and ``init_args``); default :func:`~ldoctor.models.heads.default_head`.
+        trunk: registered trunk name (``resnet50`` default, ``resnet18`` for fast runs; :mod:`ldoctor.models.trunks`).
         trunk_weights: ``None``, a torchvision weights enum name, or a local state-dict file.
-        dropout: dropout probability in every head.
-        history_embed_dim: code embedding width of the ``drug`` history encoder.
-        history_hidden_dim: history encoder output width.
-        code_wide: wide path of code-input heads (``"none"``, ``"current"``, ``"all"``): a linear map of the
-            multi-hot codes added to the logits (``ldoctor.models.drug_head.DrugHead``).
-        code_copy: copy path of code-input heads (``"none"``, ``"last"``, ``"all"``): a learned per-drug gate
-            times the earlier admissions' drugs (``M:<drug>`` codes).
-        wide_dropout: dropout on the wide path's multi-hot input.
-        copy_combine: ``"logit"`` (copy gate added to the logits) or ``"mixture"`` (COGNet-style mixture of the
-            head's probabilities and the earlier drugs; ``ldoctor.models.drug_head.DrugHead``).
-        prior_bias: tasks whose freshly initialised head bias starts at each output's training log-odds
-            ``log(p / (1 - p))`` (not applied with ``init_checkpoint``, whose heads are trained already)
-            with ``p`` clipped to [0.01, 0.99], read at ``setup("fit")`` from the task DataModule's
-            ``label_rate()``; the untrained model then predicts the frequent outputs. A head with a copy path
-            also starts its shared gate at the training repeat rate (``DrugHead.init_copy_gate`` over the
-            DataModule's ``train_dataloader()``).
         optimizer: optimizer factory called with the parameter groups (AdamW: its ``weight_decay`` is the
             L2 regularisation, applied to weights only; biases, norms and weighting parameters get 0).
         lr_scheduler: optional scheduler factory called with the optimizer (stepped every epoch).
@@ -88,72 +83,46 @@ class MultiTaskModule(L.LightningModule):
         task_losses: per-task loss factories, called with the task's spec; default by kind.
         metrics: per-task metric-collection factories, called with the task's spec; default by kind.
         trunk_lr_factor: the trunk's learning rate = optimizer LR times this.
-        side_lr_factor: learning rate of the heads' linear paths on side features (``TaskSpec.feature_names``,
-            e.g. the tumor task's radiomics) = optimizer LR times this. They start at zero and need weights of
-            order 1 on standardised features, far from where a trunk's LR moves in a short run.
         channels_last: run the trunk in channels-last memory format (faster convolutions on GPUs).
         init_checkpoint: start from the weights of this multi-task ``.ckpt`` (per-task fine-tuning). The model
             keeps the checkpoint's full task list; ``tasks`` (the data's) must be among them, and the heads of
             every other task are frozen, so they leave fine-tuning bit-identical. Not a resume: use
-            ``fit --ckpt_path`` to continue an interrupted run.
+            ``fit --ckpt_path`` to continue an interrupted run. The heads must be configured as when the checkpoint
+            was trained.
     """
 
     def __init__(
         self,
         tasks: list[TaskSpec],
+        heads: dict[str, HeadCallable] | None = None,
         trunk: str = "resnet50",
         trunk_weights: str | None = None,
-        dropout: float = 0.2,
-        history_embed_dim: int = 64,
-        history_hidden_dim: int = 128,
-        code_wide: WidePath = "none",
-        code_copy: CopyPath = "none",
-        wide_dropout: float = 0.0,
-        copy_combine: CopyCombine = "logit",
-        prior_bias: list[str] | None = None,
         optimizer: OptimizerCallable = torch.optim.AdamW,
         lr_scheduler: LRSchedulerCallable | None = None,
         weighting: WeightingCallable = UncertaintyWeighting,
         task_losses: dict[str, TaskLossCallable] | None = None,
         metrics: dict[str, MetricsCallable] | None = None,
         trunk_lr_factor: float = 1.0,
-        side_lr_factor: float = 10.0,
         channels_last: bool = False,
         init_checkpoint: str | None = None,
     ) -> None:
         super().__init__()
         tasks = [t if isinstance(t, TaskSpec) else TaskSpec(**t) for t in tasks]
-        trained_tasks = list(validate_tasks(tasks))
+        self.trained_tasks = list(validate_tasks(tasks))
         state = None
         if init_checkpoint is not None:
             tasks, state = read_multitask_checkpoint(init_checkpoint, tasks)
         self.task_specs = validate_tasks(tasks)
-        self.save_hyperparameters(ignore=["optimizer", "lr_scheduler", "weighting", "task_losses", "metrics"])
-        self.hparams["tasks"] = [asdict(t) for t in tasks]
-        self.hparams["init_checkpoint"] = None  # the weights now live in this module's own checkpoints
+        self._save_config(tasks, heads, weighting, task_losses, metrics)
         self._heads_from_checkpoint = state is not None
-        self.net = MultiTaskNet(
-            tasks,
-            trunk,
-            trunk_weights,
-            dropout,
-            history_embed_dim,
-            history_hidden_dim,
-            code_wide=code_wide,
-            code_copy=code_copy,
-            wide_dropout=wide_dropout,
-            copy_combine=copy_combine,
-        )
-        self.prior_bias = list(prior_bias or [])
-        for name in self.prior_bias:
-            if name not in self.task_specs or self.task_specs[name].kind == "multiclass":
-                raise ValueError(f"prior_bias names {name!r}, not a binary/multilabel task of {list(self.task_specs)}")
-        self.net.channels_last = channels_last
-        self.weighting = weighting(list(self.task_specs))
-        task_losses, metrics = task_losses or {}, metrics or {}
-        for name in set(task_losses) | set(metrics):
+        heads, task_losses, metrics = heads or {}, task_losses or {}, metrics or {}
+        for name in set(heads) | set(task_losses) | set(metrics):
             if name not in self.task_specs:
-                raise ValueError(f"task_losses/metrics name unknown task {name!r}; tasks: {list(self.task_specs)}")
+                raise ValueError(f"heads/task_losses/metrics name unknown task {name!r}; tasks: {list(self.task_specs)}")
+        trunk_module = build_trunk(trunk, trunk_weights)
+        self.net = MultiTaskNet(trunk_module, build_heads(self.task_specs, heads, trunk_module.out_features),
+                                channels_last)
+        self.weighting = weighting(list(self.task_specs))
         self.task_losses = nn.ModuleDict(
             {n: task_losses.get(n, default_task_loss)(spec) for n, spec in self.task_specs.items()}
         )
@@ -170,27 +139,41 @@ class MultiTaskModule(L.LightningModule):
                 # own states would wait forever on a process that saw no label of its task
                 metric.distributed_available_fn = _single_process
         if state is not None:
-            self._load_initial_state(state, init_checkpoint, trained_tasks)
+            self._load_initial_state(state, init_checkpoint)
         self._eval_outputs: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {}
         self.optimizer_factory = optimizer
         self.lr_scheduler_factory = lr_scheduler
         self.trunk_lr_factor = trunk_lr_factor
-        self.side_lr_factor = side_lr_factor
 
-    def _load_initial_state(self, state: dict[str, torch.Tensor], path: str, trained_tasks: list[str]) -> None:
+    def _save_config(self, tasks: list[TaskSpec], *factories: Any) -> None:
+        """Hyperparameters that rebuild this model from its checkpoint alone (``load_from_checkpoint(path)``): the
+        task specs and the heads, weighting, losses and metrics as config (:mod:`ldoctor.config`); the optimizer and
+        scheduler are training state, not the model."""
+        self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
+        for name, value in zip(("heads", "weighting", "task_losses", "metrics"), factories):
+            if is_plain(self.hparams.get(name)):
+                continue  # already config: the CLI's, as it parsed it
+            config = factory_config(value)
+            if config is None:
+                del self.hparams[name]  # not describable as config: pass it to load_from_checkpoint again
+            else:
+                self.hparams[name] = config
+        self.hparams["tasks"] = [asdict(t) for t in tasks]
+        self.hparams["init_checkpoint"] = None  # the weights now live in this module's own checkpoints
+        # rebuild through jsonargparse, as the CLI does (one of Lightning's allow-listed instantiators)
+        self.hparams["_instantiator"] = "lightning.pytorch.cli.instantiate_module"
+
+    def _load_initial_state(self, state: dict[str, torch.Tensor], path: str) -> None:
         """Copy the net and weighting weights of a checkpoint; freeze the heads of tasks not trained now."""
         own = {k: v for k, v in state.items() if k.startswith(("net.", "weighting."))}
         missing, unexpected = self.load_state_dict(own, strict=False)
         missing = [k for k in missing if k.startswith(("net.", "weighting."))]
         if missing or unexpected:
-            raise RuntimeError(f"{path}: checkpoint does not fit the model; missing {missing}, unexpected {unexpected}")
-        for name in self.task_specs:
-            if name not in trained_tasks:
-                for container in (self.net.heads, self.net.history, self.net.image_fusion):
-                    if name in container:
-                        container[name].requires_grad_(False)
-                if name in self.net.no_image:
-                    self.net.no_image[name].requires_grad_(False)
+            raise RuntimeError(f"{path}: checkpoint does not fit the model (are the heads configured as when it was "
+                               f"trained?); missing {missing}, unexpected {unexpected}")
+        for name, head in self.net.heads.items():
+            if name not in self.trained_tasks:
+                head.requires_grad_(False)
 
     # ----------------------------------------------------------------------------------- model access
     @property
@@ -208,47 +191,39 @@ class MultiTaskModule(L.LightningModule):
 
     def setup(self, stage: str) -> None:
         if stage == "fit":
-            self._set_auto_pos_weights()
-            if not self._heads_from_checkpoint:  # a prior is a starting point, never applied to trained heads
-                self._set_prior_biases()
+            self._init_from_data()
         if self.net.channels_last:
             self.net.trunk.to(memory_format=torch.channels_last)
 
-    def _set_auto_pos_weights(self) -> None:
-        """Give losses built with ``pos_weight="auto"`` the class balance of their task's training labels."""
-        dm = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
-        for name, loss in self.task_losses.items():
-            if not getattr(loss, "auto_pos_weight", False):
-                continue
-            task_dm = getattr(dm, "datamodules", {}).get(name, dm)
-            if task_dm is None or not hasattr(task_dm, "pos_weight"):
-                raise ValueError(f"task {name!r} asks for pos_weight='auto' but its DataModule has no pos_weight()")
-            loss.set_pos_weight(task_dm.pos_weight())
-            rank_zero_info(f"{name}: pos_weight from the training labels: {loss.pos_weight.tolist()}")
+    def _datamodule(self) -> LDoctorDataModule | None:
+        """The trainer's DataModule when it follows the data contract (:mod:`ldoctor.datamodule`)."""
+        dm = self._trainer.datamodule if self._trainer is not None else None
+        if dm is not None and not isinstance(dm, LDoctorDataModule):
+            raise TypeError(f"MultiTaskModule needs a DataModule derived from ldoctor.datamodule.LDoctorDataModule "
+                            f"(a TaskDataModule or MultiTaskDataModule), got {type(dm).__name__}")
+        return dm
 
-    @torch.no_grad()
-    def _set_prior_biases(self) -> None:
-        """Set the head bias of the ``prior_bias`` tasks to the log-odds of their DataModule's ``label_rate()``."""
-        dm = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
-        for name in self.prior_bias:
-            task_dm = getattr(dm, "datamodules", {}).get(name, dm)
-            if task_dm is None or not hasattr(task_dm, "label_rate"):
-                raise ValueError(f"task {name!r} asks for prior_bias but its DataModule has no label_rate()")
-            rate = torch.as_tensor(task_dm.label_rate(), dtype=torch.float).clamp(0.01, 0.99)
-            bias = self.net.heads[name].linear.bias
-            bias.copy_(torch.log(rate / (1 - rate)).to(bias))
-            rank_zero_info(f"{name}: head bias at the training log-odds (mean rate {float(rate.mean()):.3f})")
-            head = self.net.heads[name]
-            if isinstance(head, DrugHead) and head.copy_gate is not None:
-                gate = head.init_copy_gate(task_dm.train_dataloader())
-                rank_zero_info(f"{name}: shared copy gate from the training re-admissions: {gate}")
+    def _init_from_data(self) -> None:
+        """The one place data-derived initialisation happens: each task's loss and (freshly built) head get
+        ``init_from_data`` with the task's TaskDataModule."""
+        data = self._datamodule()
+        if data is None:
+            rank_zero_warn("MultiTaskModule.fit without a DataModule: data-derived initialisation (head priors, "
+                           "pos_weight='auto') is skipped")
+            return
+        for name in data.task_names:
+            member = data.member(name)
+            loss = self.task_losses[name]
+            if isinstance(loss, TaskLoss):
+                loss.init_from_data(member)
+            if not self._heads_from_checkpoint:  # a prior is a starting point, never applied to trained heads
+                self.net.heads[name].init_from_data(member)
 
     # ----------------------------------------------------------------------------------- training
     def _data_task_names(self) -> list[str]:
-        """Task order of the attached DataModule (``task_names`` or ``tasks``); else this model's tasks."""
-        dm = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
-        names = getattr(dm, "task_names", None) or [t.name for t in getattr(dm, "tasks", [])]
-        return names or self.task_names
+        """Task order of the attached DataModule; this model's tasks without one."""
+        data = self._datamodule()
+        return data.task_names if data is not None else self.task_names
 
     def _as_task_batches(self, batch: Any) -> dict[str, dict]:
         if isinstance(batch, dict) and "label" in batch:
@@ -285,7 +260,8 @@ class MultiTaskModule(L.LightningModule):
         return total
 
     # ----------------------------------------------------------------------------------- evaluation
-    def _eval_task_name(self, dataloader_idx: int) -> str:
+    def task_for_dataloader(self, dataloader_idx: int) -> str:
+        """The task an evaluation / predict loader serves (the DataModule's task order)."""
         names = self._data_task_names()
         if dataloader_idx >= len(names):
             raise RuntimeError(
@@ -294,7 +270,7 @@ class MultiTaskModule(L.LightningModule):
         return names[dataloader_idx]
 
     def _eval_step(self, split: str, batch: dict, dataloader_idx: int) -> None:
-        name = self._eval_task_name(dataloader_idx)
+        name = self.task_for_dataloader(dataloader_idx)
         logits = self.net.forward_task(name, batch)
         loss = self.task_losses[name](logits, batch["label"])
         # a batch without labels is logged with weight 0, so that every DDP process logs (and later reduces) the
@@ -362,21 +338,23 @@ class MultiTaskModule(L.LightningModule):
 
     def predict_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> dict[str, Any]:
         """Returns ``{"task", "id", "logits", "probabilities", "label"}`` for one task batch."""
-        name = self._eval_task_name(dataloader_idx)
+        name = self.task_for_dataloader(dataloader_idx)
         logits = self.net.forward_task(name, batch)
         spec = self.task_specs[name]
         probs = torch.softmax(logits, dim=1) if spec.kind == "multiclass" else torch.sigmoid(logits)
         return {"task": name, "id": batch.get("id"), "logits": logits, "probabilities": probs, "label": batch["label"]}
 
     # ----------------------------------------------------------------------------------- optimisation
-    def _named_groups(self) -> Iterator[tuple[str, nn.Module | list[nn.Module], float]]:
-        net = self.net
-        yield "trunk", [net.trunk], self.trunk_lr_factor
-        # before "heads", which then leaves these parameters out
-        yield "side_features", [h.side for h in net.heads.values() if getattr(h, "side", None) is not None], \
-            self.side_lr_factor
-        yield "heads", [net.heads], 1.0
-        yield "history", [net.history, net.image_fusion, net.no_image], 1.0
+    def _named_groups(self) -> Iterator[tuple[str, list[nn.Module], float]]:
+        yield "trunk", [self.net.trunk], self.trunk_lr_factor
+        # the heads' own groups (``TaskHead.lr_groups``) before "heads", which then leaves their parameters out
+        own: dict[tuple[str, float], list[nn.Module]] = {}
+        for head in self.net.heads.values():
+            for name, module, lr_factor in head.lr_groups():
+                own.setdefault((name, lr_factor), []).append(module)
+        for (name, lr_factor), modules in own.items():
+            yield name, modules, lr_factor
+        yield "heads", [self.net.heads], 1.0
 
     @staticmethod
     def split_decay(
@@ -392,10 +370,9 @@ class MultiTaskModule(L.LightningModule):
         return decay, no_decay
 
     def parameter_groups(self) -> list[dict[str, Any]]:
-        """Optimizer groups over trainable parameters: ``trunk``, ``side_features`` (the linear side paths of
-        heads with ``TaskSpec.feature_names``), ``heads``, ``history`` (each with a ``*_no_decay`` twin at
-        ``weight_decay = 0``) and ``weighting`` (``weight_decay = 0``). Each group carries ``lr_factor``, applied
-        to the optimizer's LR."""
+        """Optimizer groups over trainable parameters: ``trunk``, the heads' own groups (``TaskHead.lr_groups``, e.g.
+        ``side_features``), ``heads`` (each with a ``*_no_decay`` twin at ``weight_decay = 0``) and ``weighting``
+        (``weight_decay = 0``). Each group carries ``lr_factor``, applied to the optimizer's LR."""
         groups: list[dict[str, Any]] = []
         grouped: set[int] = set()
         for name, modules, lr_factor in self._named_groups():

@@ -2,12 +2,17 @@
 
 A task is data, not a code path. Every task batch is a dict with
 
-- the input under ``TaskSpec.input_key``: ``"image"`` (``[batch, 3, H, W]`` for radiographs,
-  ``[batch, views, 3, H, W]`` for 2.5D CT views) or ``"codes"`` (``[batch, admissions, codes]`` int64,
-  0 = padding, ``i >= 1`` = ``code_vocabulary[i - 1]``);
+- the input under ``TaskSpec.input_key``, read by the task's head (:mod:`ldoctor.models.heads`): e.g.
+  ``"image"`` (``[batch, 3, H, W]`` for radiographs, ``[batch, views, 3, H, W]`` for 2.5D CT views; the default
+  head of image tasks) or ``"codes"`` (``[batch, admissions, codes]`` int64, 0 = padding, ``i >= 1`` =
+  ``code_vocabulary[i - 1]``; the default head of code tasks);
 - ``"label"``: float tensor, ``[batch, num_outputs]`` for binary (``num_outputs == 1``) and multilabel
   tasks, ``[batch]`` class indices for multiclass tasks; NaN means unknown and is masked in losses and metrics;
-- ``"id"``: one string per sample.
+- ``"id"``: one string per sample;
+- optionally ``"features"``: float ``[batch, len(feature_names)]`` per-sample scalar measurements.
+
+The dataset families define their tasks (``ldoctor.datasets.lidc.tumor_task``, ``ldoctor.datasets.nih.disease_task``,
+``ldoctor.datasets.mimic.drug_task``); any other task of these kinds plugs in the same way.
 
 Example:
     >>> spec = TaskSpec(name="tumor", kind="binary", num_outputs=1, class_names=["malignant"])
@@ -17,32 +22,10 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 TASK_KINDS = ("binary", "multiclass", "multilabel")
-INPUT_KEYS = ("image", "codes")
-
-#: The 14 ChestX-ray14 findings in the fixed order of the ``disease`` label columns
-#: (the order of Wang et al., CVPR 2017, Table 1 and of the NIH release's README).
-#: "No Finding" is not a class: it is the all-zero label row.
-CHESTXRAY14_FINDINGS: tuple[str, ...] = (
-    "Atelectasis",
-    "Cardiomegaly",
-    "Effusion",
-    "Infiltration",
-    "Mass",
-    "Nodule",
-    "Pneumonia",
-    "Pneumothorax",
-    "Consolidation",
-    "Edema",
-    "Emphysema",
-    "Fibrosis",
-    "Pleural_Thickening",
-    "Hernia",
-)
-
 
 @dataclass
 class TaskSpec:
@@ -54,13 +37,12 @@ class TaskSpec:
             ``"multilabel"`` (``num_outputs`` independent logits).
         num_outputs: number of logits; 1 for binary.
         class_names: one name per output (binary: the positive class); ``None`` gives ``class_0``, ...
-        input_key: batch key holding the input, one of ``INPUT_KEYS``.
-        code_vocabulary: for ``input_key == "codes"``, the code strings in index order (index 0 is
-            padding and not listed). Travels in the checkpoint with the spec.
-        feature_names: names of per-sample scalar features the task's batches carry under ``"features"``
+        input_key: batch key holding the input (an identifier; the task's head reads it).
+        code_vocabulary: for code inputs, the code strings in index order (index 0 is padding and not listed).
+            Travels in the checkpoint with the spec.
+        feature_names: names of per-sample scalar features the task's head reads from the batches' ``"features"``
             (float ``[batch, len(feature_names)]``, e.g. the tumor task's radiomics,
-            :data:`ldoctor.data.radiomics.RADIOMIC_FEATURES`); the head adds them through a linear path.
-            Empty: no features.
+            :data:`ldoctor.transforms.radiomics.RADIOMIC_FEATURES`). Empty: the head reads none.
 
     Raises:
         ValueError: naming the offending field.
@@ -97,19 +79,13 @@ class TaskSpec:
             )
         if len(set(self.class_names)) != len(self.class_names):
             raise ValueError(f"TaskSpec.class_names of task {self.name!r} has duplicates")
-        if self.input_key not in INPUT_KEYS:
-            raise ValueError(
-                f"TaskSpec.input_key of task {self.name!r} must be one of {INPUT_KEYS}, got {self.input_key!r}"
-            )
-        if self.input_key == "codes" and not self.code_vocabulary:
-            raise ValueError(f"TaskSpec.code_vocabulary of task {self.name!r} is required when input_key='codes'")
+        if not isinstance(self.input_key, str) or not self.input_key.isidentifier():
+            raise ValueError(f"TaskSpec.input_key of task {self.name!r} must be an identifier, got {self.input_key!r}")
         if self.code_vocabulary is not None:
             self.code_vocabulary = list(self.code_vocabulary)
         self.feature_names = list(self.feature_names or [])
         if len(set(self.feature_names)) != len(self.feature_names):
             raise ValueError(f"TaskSpec.feature_names of task {self.name!r} has duplicates")
-        if self.feature_names and self.input_key != "image":
-            raise ValueError(f"TaskSpec.feature_names of task {self.name!r}: only image tasks take features")
 
     @property
     def label_shape(self) -> tuple[int, ...]:
@@ -133,32 +109,3 @@ def validate_tasks(tasks: Iterable[TaskSpec]) -> dict[str, TaskSpec]:
     if not by_name:
         raise ValueError("the task list is empty")
     return by_name
-
-
-def tumor_task(feature_names: Sequence[str] = ()) -> TaskSpec:
-    """``tumor``: lung nodule malignancy (binary, 1 = malignant) from 2.5D CT views (plus the patch's
-    radiomic features when ``feature_names`` lists them)."""
-    return TaskSpec(name="tumor", kind="binary", num_outputs=1, class_names=["malignant"],
-                    feature_names=list(feature_names))
-
-
-def disease_task(findings: Sequence[str] = CHESTXRAY14_FINDINGS) -> TaskSpec:
-    """``disease``: chest X-ray findings, multilabel, columns in ``CHESTXRAY14_FINDINGS`` order."""
-    return TaskSpec(name="disease", kind="multilabel", num_outputs=len(findings), class_names=list(findings))
-
-
-def drug_task(drug_vocabulary: Sequence[str], code_vocabulary: Sequence[str]) -> TaskSpec:
-    """``drug``: medication classes (e.g. ATC level 3) for an admission given the patient's history.
-
-    Args:
-        drug_vocabulary: output class names, e.g. ``["A02B", "B01A", ...]``.
-        code_vocabulary: input codes, e.g. ``["D:4019", "P:3893", ...]`` (diagnoses ``D:``, procedures ``P:``).
-    """
-    return TaskSpec(
-        name="drug",
-        kind="multilabel",
-        num_outputs=len(drug_vocabulary),
-        class_names=list(drug_vocabulary),
-        input_key="codes",
-        code_vocabulary=list(code_vocabulary),
-    )

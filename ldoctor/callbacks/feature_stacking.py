@@ -1,7 +1,7 @@
 """FeatureStacking: after training, stack the best checkpoint with a regression on the batches' side features.
 
 For a task whose batches carry ``"features"`` (the tumor task with ``LIDCDataModule(radiomics="batch")``), this
-callback fits :class:`ldoctor.stacking.FeatureStack` when ``fit`` ends: the feature regression on the training
+callback fits :class:`ldoctor.evaluation.stacking.FeatureStack` when ``fit`` ends: the feature regression on the training
 cases, the stack weights on the validation cases with the probabilities of the checkpoint of best validation score
 (``trainer.checkpoint_callback``; the final weights when there is none). It writes the stack as JSON beside the
 checkpoints and logs the validation AUROC of the image model, the feature regression and the stack (the stack's is
@@ -23,7 +23,8 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 from sklearn.metrics import roc_auc_score
 
-from ldoctor.stacking import FeatureStack
+from ldoctor.datamodule import LDoctorDataModule, TaskDataModule
+from ldoctor.evaluation.stacking import FeatureStack
 
 
 def binary_labels(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -34,13 +35,12 @@ def binary_labels(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 class FeatureStacking(L.Callback):
-    """Fit and save a :class:`~ldoctor.stacking.FeatureStack` for ``task`` at the end of ``fit`` (rank 0).
+    """Fit and save a :class:`~ldoctor.evaluation.stacking.FeatureStack` for ``task`` at the end of ``fit`` (rank 0).
 
     Args:
         task: the binary task to stack (its DataModule's datasets must yield ``"features"``).
         filename: JSON file name, written in the checkpoint folder (else the trainer's ``default_root_dir``);
             ``{task}`` is filled in.
-        batch_size: inference batch size on the validation cases.
 
     Attributes:
         stack: the fitted stack (``None`` before ``fit`` ends).
@@ -48,46 +48,39 @@ class FeatureStacking(L.Callback):
         scores: validation AUROC of ``image_model``, ``features`` and ``stack``.
     """
 
-    def __init__(self, task: str = "tumor", filename: str = "feature_stack_{task}.json", batch_size: int = 64) -> None:
-        self.task, self.filename, self.batch_size = task, filename, batch_size
+    def __init__(self, task: str = "tumor", filename: str = "feature_stack_{task}.json") -> None:
+        self.task, self.filename = task, filename
         self.stack: FeatureStack | None = None
         self.path: Path | None = None
         self.scores: dict[str, float] = {}
 
-    def _datamodule(self, trainer: L.Trainer):
-        dm = trainer.datamodule
-        if dm is None:
-            raise ValueError("FeatureStacking needs a DataModule (trainer.fit(model, datamodule=...))")
-        dm = getattr(dm, "datamodules", {}).get(self.task, dm)
-        if getattr(dm, "val_dataset", None) is None or getattr(dm, "train_dataset", None) is None:
-            raise ValueError(f"FeatureStacking: the {self.task!r} DataModule has no train_dataset and val_dataset")
-        return dm
-
-    @staticmethod
-    def _features_and_labels(dataset, split: str, task: str) -> tuple[np.ndarray, np.ndarray]:
-        features, labels = [], []
-        for i in range(len(dataset)):
-            item = dataset[i]
-            if "features" not in item:
-                raise ValueError(f"FeatureStacking: {split} samples of task {task!r} carry no 'features' "
-                                 "(LIDCDataModule needs radiomics='batch')")
-            features.append(np.asarray(item["features"], dtype=float))
-            labels.append(float(np.asarray(item["label"]).reshape(-1)[0]))
-        return np.stack(features), np.asarray(labels)
+    def _member(self, trainer: L.Trainer) -> TaskDataModule:
+        data = trainer.datamodule
+        if not isinstance(data, LDoctorDataModule):
+            raise ValueError("FeatureStacking needs an ldoctor DataModule (trainer.fit(model, datamodule=...))")
+        member = data.member(self.task)
+        if not member.feature_names:
+            raise ValueError(f"FeatureStacking: batches of task {self.task!r} carry no 'features' "
+                             "(LIDCDataModule needs radiomics='batch')")
+        return member
 
     @torch.no_grad()
-    def _probabilities(self, net: torch.nn.Module, dataset, device: torch.device) -> np.ndarray:
-        out = []
-        for start in range(0, len(dataset), self.batch_size):
-            items = [dataset[i] for i in range(start, min(start + self.batch_size, len(dataset)))]
-            batch = {key: torch.stack([torch.as_tensor(item[key]) for item in items]).to(device)
-                     for key in ("image", "features")}
-            out.append(torch.sigmoid(net.forward_task(self.task, batch)).float().cpu()[:, 0])
-        return torch.cat(out).double().numpy()
+    def _collect(self, loader, net: torch.nn.Module | None, device: torch.device) -> tuple[np.ndarray, ...]:
+        """Features ``[N, K]``, labels ``[N]`` and (with ``net``) the image model's probabilities ``[N]`` of every
+        batch of ``loader``."""
+        features, labels, probs = [], [], []
+        for batch in loader:
+            features.append(batch["features"].double().cpu())
+            labels.append(batch["label"].reshape(-1).double().cpu())
+            if net is not None:
+                batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
+                probs.append(torch.sigmoid(net.forward_task(self.task, batch)).double().cpu()[:, 0])
+        out = [torch.cat(features).numpy(), torch.cat(labels).numpy()]
+        return (*out, torch.cat(probs).numpy()) if net is not None else tuple(out)
 
     def _best_net(self, trainer: L.Trainer, pl_module: L.LightningModule) -> torch.nn.Module:
         net = copy.deepcopy(pl_module.net)
-        best = getattr(trainer.checkpoint_callback, "best_model_path", "") if trainer.checkpoint_callback else ""
+        best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback is not None else ""
         if best:
             state = torch.load(best, map_location=pl_module.device, weights_only=True)["state_dict"]
             net.load_state_dict({k.removeprefix("net."): v for k, v in state.items() if k.startswith("net.")})
@@ -98,15 +91,16 @@ class FeatureStacking(L.Callback):
         spec = pl_module.task_specs.get(self.task)
         if spec is None or spec.kind != "binary":
             raise ValueError(f"FeatureStacking: task {self.task!r} must be a binary task of the model")
-        dm = self._datamodule(trainer)
-        x_train, y_train = self._features_and_labels(dm.train_dataset, "training", self.task)
-        x_val, y_val = self._features_and_labels(dm.val_dataset, "validation", self.task)
-        probs = self._probabilities(self._best_net(trainer, pl_module), dm.val_dataset, pl_module.device)
+        member = self._member(trainer)
+        x_train, y_train = self._collect(member.train_dataloader(), None, pl_module.device)
+        x_val, y_val, probs = self._collect(member.val_dataloader(), self._best_net(trainer, pl_module),
+                                            pl_module.device)
         hard_train, y_train = binary_labels(y_train)
         hard_val, y_val = binary_labels(y_val)
         self.stack = FeatureStack.fit(x_train[hard_train], y_train[hard_train], probs[hard_val], x_val[hard_val],
-                                      y_val[hard_val], getattr(dm, "feature_names", None) or None)
-        folder = Path(getattr(trainer.checkpoint_callback, "dirpath", None) or trainer.default_root_dir)
+                                      y_val[hard_val], member.feature_names)
+        checkpoints = trainer.checkpoint_callback
+        folder = Path(checkpoints.dirpath if checkpoints is not None and checkpoints.dirpath else trainer.default_root_dir)
         folder.mkdir(parents=True, exist_ok=True)
         self.path = folder / self.filename.format(task=self.task)
         self.stack.save(self.path)

@@ -67,7 +67,7 @@ class WandbMediaLogger(Callback):
     ) -> None:
         if batch_idx != 0 or trainer.sanity_checking or self._wandb_logger(trainer) is None:
             return
-        name = pl_module._eval_task_name(dataloader_idx)
+        name = pl_module.task_for_dataloader(dataloader_idx)
         spec = pl_module.task_specs[name]
         n = self.num_samples
         if "image" not in batch or spec.input_key != "image":

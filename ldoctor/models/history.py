@@ -1,9 +1,14 @@
-"""Patient-history encoder for the ``drug`` task."""
+"""Patient-history encoder: a patient's admissions (code lists) -> one vector (used by the ``drug`` head)."""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
+
+
+def admission_lengths(codes: torch.Tensor) -> torch.Tensor:
+    """Real admissions per patient ``[B]`` (at least 1) of codes ``[B, A, L]`` (left-aligned, 0 = padding)."""
+    return (codes != 0).any(dim=2).sum(dim=1).clamp(min=1)
 
 
 class HistoryEncoder(nn.Module):
@@ -41,7 +46,7 @@ class HistoryEncoder(nn.Module):
             ``[batch, hidden_dim]``: the state after each patient's last real admission.
         """
         admissions = self.dropout(self.embedding(codes).sum(dim=2))  # [B, A, E]
-        lengths = (codes != 0).any(dim=2).sum(dim=1).clamp(min=1)
+        lengths = admission_lengths(codes)
         packed = nn.utils.rnn.pack_padded_sequence(admissions, lengths.cpu(), batch_first=True, enforce_sorted=False)
         _, state = self.gru(packed)
         return state[-1]

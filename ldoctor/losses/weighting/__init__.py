@@ -1,0 +1,10 @@
+"""Loss-weighting strategies, one file each, behind :class:`~ldoctor.losses.weighting.base.LossWeighting`."""
+
+from __future__ import annotations
+
+from ldoctor.losses.weighting.base import LossWeighting, WeightingCallable
+from ldoctor.losses.weighting.equal import EqualWeighting
+from ldoctor.losses.weighting.static import StaticWeighting
+from ldoctor.losses.weighting.uncertainty import UncertaintyWeighting
+
+__all__ = ["EqualWeighting", "LossWeighting", "StaticWeighting", "UncertaintyWeighting", "WeightingCallable"]
