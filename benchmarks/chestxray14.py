@@ -26,10 +26,10 @@ import lightning as L
 import numpy as np
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
-from sklearn.metrics import roc_auc_score
 
 from datamodules.chestxray14 import ChestXray14DataModule
 from ldoctor.datasets.nih import CHESTXRAY14_FINDINGS
+from ldoctor.evaluation.scores import per_class_auroc
 from ldoctor.losses import EqualWeighting, MaskedBCEWithLogits
 from ldoctor.module import MultiTaskModule
 
@@ -75,20 +75,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def per_class_auroc(probabilities: np.ndarray, labels: np.ndarray) -> dict[str, float]:
-    """scikit-learn AUROC per finding; NaN where the test labels hold one class only.
-
-    Args:
-        probabilities: ``[N, 14]`` predicted probabilities.
-        labels: ``[N, 14]`` 0/1 labels.
-    """
-    scores = {}
-    for c, name in enumerate(CHESTXRAY14_FINDINGS):
-        y = labels[:, c]
-        scores[name] = float(roc_auc_score(y, probabilities[:, c])) if 0 < y.sum() < len(y) else math.nan
-    return scores
-
-
 def _predict(trainer: L.Trainer, model: MultiTaskModule, dm: ChestXray14DataModule, ckpt: str | None):
     outputs = trainer.predict(model, dataloaders=dm.test_dataloader(), ckpt_path=ckpt)
     probs = torch.cat([o["probabilities"] for o in outputs]).float().numpy()
@@ -127,7 +113,7 @@ def run(args: argparse.Namespace) -> dict:
             ckpt = best.best_model_path
         probs, labels = _predict(trainer, model, dm, ckpt)
         seconds = time.perf_counter() - start
-    ours = per_class_auroc(probs, labels)
+    ours = per_class_auroc(probs, labels, CHESTXRAY14_FINDINGS)
     defined = [v for v in ours.values() if not math.isnan(v)]
     return {
         "root": str(args.root),

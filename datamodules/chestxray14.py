@@ -97,6 +97,11 @@ class ChestXray14DataModule(TaskDataModule):
         return self.data is not None and self.data.official
 
     @property
+    def records(self) -> dict[str, list[dict]]:
+        """Records per split (after ``setup``): ``{"image": path, "label": float32 [14], "id": file name}``."""
+        return self.data.records if self.data is not None else {}
+
+    @property
     def patients(self) -> dict[str, set[int]]:
         """Patient ids per split (after ``setup``)."""
         return self.data.patients if self.data is not None else {}

@@ -20,7 +20,7 @@ from ldoctor.losses import TaskLoss, TaskLossCallable, UncertaintyWeighting, Wei
 from ldoctor.metrics import MetricsCallable, prepare_for_metrics, task_metrics
 from ldoctor.models.heads import HeadCallable, build_heads
 from ldoctor.models.net import MultiTaskNet
-from ldoctor.models.trunks import build_trunk
+from ldoctor.models.trunks import TrunkCallable, build_trunk
 from ldoctor.tasks import TaskSpec, validate_tasks
 
 SPLITS = ("val", "test")
@@ -74,7 +74,9 @@ class MultiTaskModule(L.LightningModule):
         heads: per-task head factories, called with the task's spec and the trunk's feature width
             (:class:`~ldoctor.models.heads.TaskHead` subclasses; in a config ``model.heads.<task>`` with
             ``class_path`` and ``init_args``); default :func:`~ldoctor.models.heads.default_head`.
-        trunk: registered trunk name (``resnet50`` default, ``resnet18`` for fast runs; :mod:`ldoctor.models.trunks`).
+        trunk: registered trunk name (``resnet50`` default, ``resnet18`` for fast runs, ``densenet121``;
+            :mod:`ldoctor.models.trunks`), or a factory of a :class:`~ldoctor.models.trunks.Trunk` of your own
+            (``class_path`` in a config).
         trunk_weights: ``None``, a torchvision weights enum name, or a local state-dict file.
         optimizer: optimizer factory called with the parameter groups (AdamW: its ``weight_decay`` is the
             L2 regularisation, applied to weights only; biases, norms and weighting parameters get 0).
@@ -95,7 +97,7 @@ class MultiTaskModule(L.LightningModule):
         self,
         tasks: list[TaskSpec],
         heads: dict[str, HeadCallable] | None = None,
-        trunk: str = "resnet50",
+        trunk: str | TrunkCallable = "resnet50",
         trunk_weights: str | None = None,
         optimizer: OptimizerCallable = torch.optim.AdamW,
         lr_scheduler: LRSchedulerCallable | None = None,
@@ -113,7 +115,7 @@ class MultiTaskModule(L.LightningModule):
         if init_checkpoint is not None:
             tasks, state = read_multitask_checkpoint(init_checkpoint, tasks)
         self.task_specs = validate_tasks(tasks)
-        self._save_config(tasks, heads, weighting, task_losses, metrics)
+        self._save_config(tasks, trunk, heads, weighting, task_losses, metrics)
         self._heads_from_checkpoint = state is not None
         heads, task_losses, metrics = heads or {}, task_losses or {}, metrics or {}
         for name in set(heads) | set(task_losses) | set(metrics):
@@ -150,7 +152,7 @@ class MultiTaskModule(L.LightningModule):
         task specs and the heads, weighting, losses and metrics as config (:mod:`ldoctor.config`); the optimizer and
         scheduler are training state, not the model."""
         self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
-        for name, value in zip(("heads", "weighting", "task_losses", "metrics"), factories):
+        for name, value in zip(("trunk", "heads", "weighting", "task_losses", "metrics"), factories):
             if is_plain(self.hparams.get(name)):
                 continue  # already config: the CLI's, as it parsed it
             config = factory_config(value)

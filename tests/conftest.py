@@ -32,19 +32,3 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
-
-
-def tiny_trainer_kwargs(tmp_path, **overrides) -> dict:
-    """Keyword arguments of a small, silent CPU ``lightning.Trainer`` writing under ``tmp_path``."""
-    kwargs = {
-        "accelerator": "cpu",
-        "devices": 1,
-        "logger": False,
-        "enable_checkpointing": False,
-        "enable_progress_bar": False,
-        "enable_model_summary": False,
-        "default_root_dir": str(tmp_path),
-        "max_epochs": 1,
-    }
-    kwargs.update(overrides)
-    return kwargs

@@ -1,4 +1,4 @@
-"""Callbacks that subprocess tests load through the CLI (``--trainer.callbacks+=crash_helpers.Slowdown``)."""
+"""Callbacks that subprocess tests load through the CLI (``--trainer.callbacks+=tests.crash_helpers.Slowdown``)."""
 
 from __future__ import annotations
 

@@ -11,17 +11,18 @@ import pandas as pd
 import pytest
 import torch
 
-from datamodules.chestxray14 import (
+from datamodules.chestxray14 import ChestXray14DataModule
+from ldoctor.datasets.nih import CHESTXRAY14_FINDINGS
+from ldoctor.datasets.nih.records import (
     FINDINGS_COLUMN,
     PATIENT_COLUMN,
-    ChestXray14DataModule,
-    assert_patient_disjoint,
     findings_matrix,
+    patient_splits,
     read_label_table,
-    split_by_patient,
 )
-from ldoctor.data.nih_writer import write_nih_dataset
-from ldoctor.tasks import CHESTXRAY14_FINDINGS
+from ldoctor.evaluation.splits import check_patient_disjoint
+from ldoctor.losses import MaskedBCEWithLogits
+from tests.fixtures.nih import write_nih_dataset
 
 DATA = Path(__file__).parent / "data" / "nih"
 REAL_TABLE = DATA / "Data_Entry_2017_v2020.csv.gz"
@@ -48,20 +49,19 @@ def test_real_label_table_counts(real_table):
 
 
 def test_real_table_patient_wise_split_is_disjoint(real_table):
-    splits = split_by_patient(real_table, None, val_fraction=0.1, test_fraction=0.2, seed=0)
+    splits = patient_splits(real_table, None, val_fraction=0.1, test_fraction=0.2, seed=0)
     assert sum(len(s) for s in splits.values()) == 112_120
-    assert_patient_disjoint(splits)
+    check_patient_disjoint({k: set(v[PATIENT_COLUMN]) for k, v in splits.items()})
     patients = {k: v[PATIENT_COLUMN].nunique() for k, v in splits.items()}
     assert patients["test"] == round(0.2 * 30_805)
     assert patients["val"] == round(0.1 * (30_805 - patients["test"]))
-    again = split_by_patient(real_table, None, val_fraction=0.1, test_fraction=0.2, seed=0)
+    again = patient_splits(real_table, None, val_fraction=0.1, test_fraction=0.2, seed=0)
     assert all(splits[k].index.equals(again[k].index) for k in splits)  # seeded: reproducible
 
 
 def test_a_patient_in_two_splits_is_refused():
-    table = pd.DataFrame({PATIENT_COLUMN: [1, 2, 3]})
-    with pytest.raises(ValueError, match=r"patients leak between the train and test splits.*\[2\]"):
-        assert_patient_disjoint({"train": table.iloc[:2], "val": table.iloc[2:], "test": table.iloc[1:2]})
+    with pytest.raises(ValueError, match=r"train.*test.*1 patient.*2"):
+        check_patient_disjoint({"train": {1, 2}, "val": {3}, "test": {2}})
 
 
 # ---------------------------------------------------------------------------------------------- synthetic NIH
@@ -141,11 +141,13 @@ def test_pos_weight_from_training_labels(nih):
     train = np.stack([truth[i] for i in _ids(dm, "train")])
     positives = train.sum(0)
     expected = np.where(positives > 0, (len(train) - positives) / np.maximum(positives, 1), 1.0)
-    torch.testing.assert_close(dm.pos_weight(), torch.tensor(expected, dtype=torch.float32))
+    loss = MaskedBCEWithLogits(dm.task, pos_weight="auto")
+    loss.init_from_data(dm)  # what MultiTaskModule does when fit starts
+    torch.testing.assert_close(loss.pos_weight, torch.tensor(expected, dtype=torch.float32))
 
 
 def test_cache_means_later_epochs_never_decode_again(nih, tmp_path):
-    dm = _dm(nih.root, cache_dir=str(tmp_path / "cache"))
+    dm = _dm(nih.root, cache="disk", cache_dir=str(tmp_path / "cache"))
     dm.setup("fit")
     first = [dm.val_dataset[i]["image"] for i in range(len(dm.val_dataset))]
     cached = list((tmp_path / "cache" / "chestxray14_32px").glob("*.pt"))
@@ -238,7 +240,7 @@ def test_official_lists_that_split_a_patient(nih):
         pytest.skip("first train_val patient has a single study")
     (nih.root / "train_val_list.txt").write_text("\n".join(nih.train_val[1:]) + "\n")
     (nih.root / "test_list.txt").write_text("\n".join([*nih.test, moved]) + "\n")
-    with pytest.raises(ValueError, match=rf"patients leak between the .* splits: 1 patient\(s\), e.g. \[{patient}\]"):
+    with pytest.raises(ValueError, match=rf"splits '.*' and '.*' share 1 patients \(e.g. \[{patient}\]\)"):
         _dm(nih.root).setup("fit")
 
 
@@ -307,7 +309,7 @@ def test_real_images_in_the_nih_layout_with_their_real_labels(tmp_path, real_tab
 
 
 def test_in_memory_cache_gives_the_same_tensors_as_decoding(nih):
-    plain, memory = _dm(nih.root), _dm(nih.root, cache_in_memory=True)
+    plain, memory = _dm(nih.root), _dm(nih.root, cache="memory")
     plain.setup("fit")
     memory.setup("fit")
     shutil.rmtree(nih.root / "images")  # the in-memory cache was filled in setup

@@ -49,7 +49,7 @@ def test_cli_from_python_as_in_a_notebook(tmp_path):
     assert {"val/tumor/auroc", "val/disease/auroc", "val/drug/auroc"} <= set(cli.trainer.callback_metrics)
     # the injected optimizer kept its settings and the module built the groups
     optimizer = cli.trainer.optimizers[0]
-    assert {g["name"] for g in optimizer.param_groups} >= {"trunk", "heads", "history", "weighting"}
+    assert {g["name"] for g in optimizer.param_groups} >= {"trunk", "heads", "weighting"}
     assert optimizer.defaults["lr"] == pytest.approx(1e-3)
     assert isinstance(cli.trainer.strategy.checkpoint_io, AtomicCheckpointIO)
 

@@ -45,10 +45,11 @@ def staged_state(checkpoint: dict) -> list:
     return state["unfrozen"]
 
 
+@pytest.mark.slow
 def test_sigkill_mid_epoch_then_resume(tmp_path):
     ckpt_dir = tmp_path / "checkpoints"
-    env = {**os.environ, "PYTHONPATH": f"{ROOT / 'tests'}{os.pathsep}{ROOT}", "WANDB_MODE": "offline"}
-    slow = ["--trainer.callbacks+=crash_helpers.Slowdown", "--trainer.callbacks.seconds=0.4"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "WANDB_MODE": "offline"}
+    slow = ["--trainer.callbacks+=tests.crash_helpers.Slowdown", "--trainer.callbacks.seconds=0.4"]
     process = subprocess.Popen(cli_args(tmp_path, ckpt_dir) + slow, env=env, cwd=tmp_path,
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.time() + 240

@@ -10,7 +10,7 @@ import numpy as np
 import pydicom
 import pytest
 
-from ldoctor.data.ct import (
+from ldoctor.io.ct import (
     CTVolume,
     read_ct,
     read_dicom_series,

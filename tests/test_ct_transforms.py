@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from ldoctor.data.ct import CTVolume, write_ct_series
-from ldoctor.data.ct_transforms import (
+from ldoctor.io.ct import CTVolume, write_ct_series
+from ldoctor.transforms.ct import (
     CTAugmentation,
     Views25Dd,
     extract_patch,
@@ -15,7 +15,7 @@ from ldoctor.data.ct_transforms import (
     nodule_preprocess,
     views_25d,
 )
-from ldoctor.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from ldoctor.transforms.radiograph import IMAGENET_MEAN, IMAGENET_STD
 
 GRADIENT = np.array([3.0, -2.0, 5.0])  # HU per mm along x, y, z
 

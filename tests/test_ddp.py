@@ -10,24 +10,24 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
-from conftest import tiny_trainer_kwargs
 
 from ldoctor.cli import LDoctorCLI
 from ldoctor.module import MultiTaskModule
+from tests.helpers import tiny_trainer_kwargs
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def run_ddp(config: Path, tmp_path: Path, train_batches: int) -> tuple[dict, dict]:
     """``train.py fit`` with ``config`` on two CPU processes (gloo); each rank's ``RankDump`` state."""
-    env = {**os.environ, "PYTHONPATH": f"{ROOT / 'tests'}{os.pathsep}{ROOT}", "WANDB_MODE": "offline"}
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "WANDB_MODE": "offline"}
     args = [
         sys.executable, str(ROOT / "train.py"), "fit", "--config", str(config),
         f"--trainer.default_root_dir={tmp_path}",
         "--trainer.strategy=ddp", "--trainer.accelerator=cpu", "--trainer.devices=2",
         "--trainer.max_epochs=1", f"--trainer.limit_train_batches={train_batches}",
         "--trainer.limit_val_batches=1.0", "--trainer.enable_progress_bar=false",
-        "--trainer.callbacks+=crash_helpers.RankDump", f"--trainer.callbacks.out_dir={tmp_path}",
+        "--trainer.callbacks+=tests.crash_helpers.RankDump", f"--trainer.callbacks.out_dir={tmp_path}",
     ]
     run = subprocess.run(args, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=400)
     assert run.returncode == 0, run.stderr[-4000:]
@@ -45,6 +45,7 @@ def single_process_metrics(config: Path, tmp_path: Path) -> dict:
     return {k: float(v) for k, v in trainer.callback_metrics.items()}
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not torch.distributed.is_gloo_available(), reason="needs the gloo backend")
 def test_ddp_two_cpu_processes(tmp_path):
     config = ROOT / "configs" / "smoke.yaml"
@@ -64,12 +65,13 @@ def test_ddp_two_cpu_processes(tmp_path):
         assert rank0["val_metrics"][key] == pytest.approx(single[key], abs=1e-6), key
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not torch.distributed.is_gloo_available(), reason="needs the gloo backend")
 def test_ddp_rank_without_labels_for_a_task_neither_hangs_nor_skews_metrics(tmp_path):
     # every odd validation index is unlabelled for tumor, so rank 1 never sees a tumor label
     config = tmp_path / "odd.yaml"
     config.write_text((ROOT / "configs" / "smoke.yaml").read_text().replace(
-        "datamodules.synthetic.SyntheticTumorDataModule", "crash_helpers.OddUnlabelledTumor"))
+        "datamodules.synthetic.SyntheticTumorDataModule", "tests.crash_helpers.OddUnlabelledTumor"))
     rank0, rank1 = run_ddp(config, tmp_path, train_batches=2)
     single = single_process_metrics(config, tmp_path)
     # both ranks report the metrics of all 16 labelled tumor samples (all on rank 0), as one process does

@@ -8,16 +8,15 @@ from functools import partial
 import lightning as L
 import pytest
 import torch
-from conftest import tiny_trainer_kwargs
 
 from datamodules.mimic import MIMICDrugDataModule
-from ldoctor.data.mimic_writer import write_synthetic_mimic
+from ldoctor.datasets.lidc import tumor_task
+from ldoctor.datasets.mimic import drug_task
 from ldoctor.losses import EqualWeighting
-from ldoctor.models.drug_head import DrugHead, medication_code_map
-from ldoctor.models.heads import ClassificationHead
-from ldoctor.models.net import MultiTaskNet
+from ldoctor.models.heads.drug import DrugHead, DrugReadout, medication_code_map
 from ldoctor.module import MultiTaskModule
-from ldoctor.tasks import drug_task
+from tests.fixtures.mimic import write_synthetic_mimic
+from tests.helpers import tiny_trainer_kwargs
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*prescription rows with an NDC.*")
 
@@ -34,8 +33,8 @@ BATCH_CODES = torch.tensor(
 )
 
 
-def zero_head(**kwargs) -> DrugHead:
-    head = DrugHead(4, CODES, DRUGS, dropout=0.0, **kwargs).eval()
+def zero_head(**kwargs) -> DrugReadout:
+    head = DrugReadout(4, CODES, DRUGS, dropout=0.0, **kwargs).eval()
     with torch.no_grad():
         head.linear.weight.zero_()
         head.linear.bias.copy_(torch.tensor([0.5, -1.0, 2.0]))
@@ -86,7 +85,7 @@ def test_mixture_copy_mixes_probabilities_for_readmissions_only():
     share = min((0.99 - q) / (1 - q), 0.99)
     assert gate == pytest.approx(math.log(share / (1 - share)))
     with pytest.raises(ValueError, match="copy_combine"):
-        DrugHead(4, CODES, DRUGS, copy="last", copy_combine="sum")
+        DrugReadout(4, CODES, DRUGS, copy="last", copy_combine="sum")
 
 
 def test_wide_path_is_a_linear_map_of_the_multi_hot_codes():
@@ -106,7 +105,7 @@ def test_wide_path_is_a_linear_map_of_the_multi_hot_codes():
 
 
 def test_deep_path_is_the_linear_read_out_and_gradients_reach_every_path():
-    head = DrugHead(4, CODES, DRUGS, dropout=0.0, wide="all", copy="last")
+    head = DrugReadout(4, CODES, DRUGS, dropout=0.0, wide="all", copy="last")
     features = torch.randn(2, 4)
     logits = head(features, BATCH_CODES)
     assert torch.allclose(logits, head.linear(features))  # wide weights and gates start at zero
@@ -119,30 +118,37 @@ def test_deep_path_is_the_linear_read_out_and_gradients_reach_every_path():
 
 def test_head_options_are_checked():
     with pytest.raises(ValueError, match="wide must be"):
-        DrugHead(4, CODES, DRUGS, wide="bag")
+        DrugReadout(4, CODES, DRUGS, wide="bag")
     with pytest.raises(ValueError, match="history_drugs=True"):
-        DrugHead(4, ["<unk>", "D:1"], DRUGS, copy="last")
+        DrugReadout(4, ["<unk>", "D:1"], DRUGS, copy="last")
+    with pytest.raises(ValueError, match="DrugHead needs a multilabel task with a code_vocabulary"):
+        DrugHead(tumor_task(), 4)
 
 
-def test_net_uses_the_drug_head_only_when_asked():
-    plain = MultiTaskNet([TASK], trunk="resnet18", history_hidden_dim=8)
-    assert type(plain.heads["drug"]) is ClassificationHead
-    net = MultiTaskNet([TASK], trunk="resnet18", history_hidden_dim=8, code_wide="current", code_copy="last")
-    assert isinstance(net.heads["drug"], DrugHead) and net.heads["drug"].linear.in_features == 16
-    net.eval()
+def test_drug_head_joins_history_and_image_and_adds_the_copy_gate():
+    head = DrugHead(TASK, in_features=6, hidden_dim=8, dropout=0.0, history_dropout=0.0, wide="current",
+                    copy="last").eval()
+    assert head.readout.linear.in_features == 16  # history + image (or "no image")
+    encode = torch.nn.Linear(12, 6)  # stands in for the trunk: [B, 12] "images" -> [B, 6] features
     batch = {"codes": BATCH_CODES}
-    features = net.code_features("drug", batch)
+    features = head.features(batch, encode)
+    assert torch.equal(features[:, 8:], head.no_image.expand(2, 8))  # no image: the learned vector
     with torch.no_grad():
-        net.heads["drug"].copy_gate.fill_(2.0)
-    expected = net.heads["drug"].linear(features) + torch.tensor([[0.0, 0.0, 0.0], [0.0, 2.0, 0.0]])
-    assert torch.allclose(net.forward_task("drug", batch), expected)
+        head.readout.copy_gate.fill_(2.0)
+    expected = head.readout.linear(features) + torch.tensor([[0.0, 0.0, 0.0], [0.0, 2.0, 0.0]])
+    assert torch.allclose(head(batch, encode), expected)
+    images = torch.randn(2, 12)
+    with_image = head.features({**batch, "image": images, "has_image": torch.tensor([True, False])}, encode)
+    with torch.no_grad():
+        assert torch.allclose(with_image[0, 8:], head.image_fusion(encode(images[:1]))[0])
+    assert torch.equal(with_image[1, 8:], head.no_image)  # the row without an image keeps the vector
 
 
 def test_prior_bias_is_the_training_log_odds(tmp_path):
     truth = write_synthetic_mimic(tmp_path / "mimic", n_patients=24, max_admissions=2, seed=3)
     dm = MIMICDrugDataModule(mimic_dir=str(truth.folder), ndc_map=str(truth.ndc_map), batch_size=8)
-    model = MultiTaskModule(dm.tasks, trunk="resnet18", history_hidden_dim=8, weighting=EqualWeighting,
-                            code_wide="all", code_copy="last", prior_bias=["drug"],
+    head = partial(DrugHead, hidden_dim=8, wide="all", copy="last", prior_bias=True)
+    model = MultiTaskModule(dm.tasks, heads={"drug": head}, trunk="resnet18", weighting=EqualWeighting,
                             optimizer=partial(torch.optim.SGD, lr=0.0))
     trainer = L.Trainer(**tiny_trainer_kwargs(tmp_path, max_steps=1, limit_val_batches=0))
     trainer.fit(model, datamodule=dm)
@@ -151,23 +157,28 @@ def test_prior_bias_is_the_training_log_odds(tmp_path):
     for d in range(labels.shape[1]):  # independent: count positives per drug, then the clipped log-odds
         p = min(max(sum(float(v) for v in labels[:, d]) / len(labels), 0.01), 0.99)
         expected.append(math.log(p / (1 - p)))
-    head = model.net.heads["drug"]
+    head = model.net.heads["drug"].readout
     assert head.linear.bias.tolist() == pytest.approx(expected, abs=1e-5)
     # the shared copy gate starts from the same bias (lr 0 keeps both at their initial values)
     loader = torch.utils.data.DataLoader(dm.train_dataset, batch_size=64, collate_fn=dm.collate_fn)
     gate = float(head.copy_gate_shared)
     assert gate != 0.0
     assert head.init_copy_gate(loader) == pytest.approx(gate, abs=1e-5)
-    assert dm.label_rate().tolist() == pytest.approx(labels.mean(dim=0).tolist())
+    assert torch.equal(dm.train_labels(), labels)
 
 
-def test_prior_bias_names_a_known_task_and_needs_label_rate(tmp_path):
-    with pytest.raises(ValueError, match="prior_bias names 'tumor'"):
-        MultiTaskModule([TASK], trunk="resnet18", prior_bias=["tumor"])
-    model = MultiTaskModule([TASK], trunk="resnet18", history_hidden_dim=8, prior_bias=["drug"])
-    model._trainer = type("T", (), {"datamodule": object()})()
-    with pytest.raises(ValueError, match="no label_rate"):
-        model._set_prior_biases()
+def test_heads_name_known_tasks_and_data_init_needs_the_data_contract(tmp_path):
+    with pytest.raises(ValueError, match="heads/task_losses/metrics name unknown task 'tumor'"):
+        MultiTaskModule([TASK], heads={"tumor": DrugHead}, trunk="resnet18")
+    model = MultiTaskModule([TASK], heads={"drug": partial(DrugHead, hidden_dim=8, prior_bias=True)},
+                            trunk="resnet18")
+
+    class NotLDoctor(L.LightningDataModule):
+        def train_dataloader(self):
+            return []
+
+    with pytest.raises(TypeError, match="DataModule derived from ldoctor.datamodule.LDoctorDataModule"):
+        L.Trainer(**tiny_trainer_kwargs(tmp_path, max_steps=1)).fit(model, datamodule=NotLDoctor())
 
 
 def test_copy_gate_starts_at_the_training_repeat_rate():

@@ -8,9 +8,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ldoctor.data.mimic_records import write_ddi_pairs
-from ldoctor.drug_loss import DrugLoss, ddi_penalty, multilabel_margin
-from ldoctor.tasks import drug_task, tumor_task
+from ldoctor.datasets.lidc import tumor_task
+from ldoctor.datasets.mimic import drug_task
+from ldoctor.ddi import write_ddi_pairs
+from ldoctor.losses.drug import DrugLoss, ddi_penalty, multilabel_margin
 
 DRUGS = ["A02B", "B01A", "C07A", "N02B"]
 TASK = drug_task(DRUGS, ["<unk>", "D:1"])

@@ -7,7 +7,8 @@ import pytest
 import torch
 from sklearn.metrics import average_precision_score
 
-from ldoctor.data.mimic_records import write_ddi_pairs
+from ldoctor.datasets.mimic import drug_task
+from ldoctor.ddi import write_ddi_pairs
 from ldoctor.metrics import (
     DrugCount,
     DrugDDIRate,
@@ -15,12 +16,10 @@ from ldoctor.metrics import (
     DrugJaccard,
     DrugMetrics,
     DrugPRAUC,
-    drug_metrics,
     expected_jaccard_sets,
     predicted_sets,
     prepare_for_metrics,
 )
-from ldoctor.tasks import drug_task
 
 D = 12
 
@@ -94,7 +93,7 @@ def test_ddi_rate_matches_safedrug_pair_loop(tmp_path):
                 all_cnt += 1
                 dd_cnt += int(adjacency[a, b] == 1 or adjacency[b, a] == 1)
     task = drug_task(drugs, ["<unk>"])
-    metrics = drug_metrics(task, ddi_pairs=str(tmp_path / "ddi.csv"))
+    metrics = DrugMetrics(task, ddi_pairs=str(tmp_path / "ddi.csv"))
     assert set(metrics.keys()) == {"jaccard", "prauc", "f1", "avg_drugs", "ddi_rate"}
     metrics.update(probs, target)
     assert float(metrics.compute()["ddi_rate"]) == pytest.approx(dd_cnt / all_cnt, abs=1e-6)

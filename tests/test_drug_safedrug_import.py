@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from datamodules.mimic import MIMICDrugDataModule
-from ldoctor.data.mimic_records import load_ddi_matrix
-from ldoctor.data.mimic_writer import write_synthetic_safedrug
-from ldoctor.data.safedrug_import import import_safedrug, load_pickle, load_records_json, main
+from ldoctor.datasets.mimic.safedrug import import_safedrug, load_pickle, load_records_json, main
+from ldoctor.ddi import load_ddi_matrix
+from tests.fixtures.mimic import write_synthetic_safedrug
 
 
 @pytest.fixture

@@ -5,14 +5,17 @@ from __future__ import annotations
 from functools import partial
 
 import lightning as L
+import pytest
 import torch
-from conftest import tiny_trainer_kwargs
 
 from datamodules.multitask import MultiTaskDataModule
 from datamodules.synthetic import SyntheticDiseaseDataModule, SyntheticDrugDataModule, SyntheticTumorDataModule
+from ldoctor.models.heads import ClassificationHead, DrugHead
 from ldoctor.module import MultiTaskModule
+from tests.helpers import tiny_trainer_kwargs
 
 
+@pytest.mark.slow
 def test_three_tasks_learn_on_one_trunk(tmp_path):
     L.seed_everything(0)
     common = {"num_train": 320, "num_val": 96, "batch_size": 16}
@@ -23,8 +26,10 @@ def test_three_tasks_learn_on_one_trunk(tmp_path):
             "drug": SyntheticDrugDataModule(**common),
         }
     )
+    heads = {"tumor": partial(ClassificationHead, dropout=0.1), "disease": partial(ClassificationHead, dropout=0.1),
+             "drug": partial(DrugHead, dropout=0.1)}
     module = MultiTaskModule(
-        data.tasks, trunk="resnet18", dropout=0.1, optimizer=partial(torch.optim.AdamW, lr=2e-3, weight_decay=1e-4)
+        data.tasks, heads=heads, trunk="resnet18", optimizer=partial(torch.optim.AdamW, lr=2e-3, weight_decay=1e-4)
     )
     trainer = L.Trainer(**tiny_trainer_kwargs(tmp_path, max_epochs=12, num_sanity_val_steps=0))
     trainer.fit(module, datamodule=data)

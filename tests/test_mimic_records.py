@@ -10,20 +10,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from datamodules.mimic import DEMO_DIR, DEMO_NDC_MAP
-from ldoctor.data.mimic_records import (
+from ldoctor.datasets.mimic.records import (
+    DEMO_DIR,
+    DEMO_NDC_MAP,
     UNKNOWN_CODE,
     build_vocabularies,
     filter_admissions,
     group_by_patient,
-    load_ddi_matrix,
     load_ndc_map,
     patient_samples,
     read_mimic_admissions,
-    split_patients,
-    write_ddi_pairs,
 )
-from ldoctor.data.mimic_writer import UNMAPPED_NDC, write_synthetic_mimic
+from ldoctor.ddi import load_ddi_matrix, write_ddi_pairs
+from ldoctor.errors import BadInputLog
+from tests.fixtures.mimic import UNMAPPED_NDC, write_synthetic_mimic
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*prescription rows with an NDC.*")
 
@@ -62,7 +62,6 @@ def test_real_demo_cohort_facts(demo):
     assert stats.no_ndc_rows == 1478  # 1,477 rows with NDC "0" and one empty NDC
     assert (stats.mapped_rows, stats.unmapped_rows, stats.unmapped_ndcs) == (6788, 2132, 281)
     assert stats.mapped_share == pytest.approx(0.7610, abs=1e-4)
-    assert stats.bad_rows == {}
     kept = filter_admissions(records)
     patients = group_by_patient(kept)
     assert (len(patients), len(kept)) == (82, 107)
@@ -109,15 +108,19 @@ def test_synthetic_round_trip_any_case_and_gzip(tmp_path, upper_case, gz):
         assert set(record["drugs"]) == explained
 
 
-def test_split_is_patient_level_seeded_and_sized():
-    ids = [str(i) for i in range(82)]
-    split = split_patients(ids, seed=0)
-    assert (len(split["train"]), len(split["test"]), len(split["val"])) == (54, 14, 14)
-    assert set(split["train"]).isdisjoint(split["test"]) and set(split["test"]).isdisjoint(split["val"])
-    assert sorted(sum(split.values(), [])) == sorted(ids)
-    assert split == split_patients(ids, seed=0)
-    assert split != split_patients(ids, seed=1)
-    assert split_patients(ids, seed=None)["train"] == ids[:54]  # SafeDrug: file order
+def test_demo_split_follows_safedrug_rule_with_a_seeded_shuffle():
+    from datamodules.mimic import MIMICDrugDataModule
+
+    dm = MIMICDrugDataModule(split_seed=0)
+    dm.prepare()
+    patients = {name: {r["subject_id"] for r in rs} for name, rs in dm.splits.items()}
+    assert (len(patients["train"]), len(patients["test"]), len(patients["val"])) == (54, 14, 14)  # 82 patients
+    assert patients["train"].isdisjoint(patients["test"]) and patients["test"].isdisjoint(patients["val"])
+    first = list(group_by_patient(dm.splits["train"]))[:3]
+    assert first == ["10094", "43735", "42412"]  # random.Random(0).shuffle of the patients in file order
+    in_order = MIMICDrugDataModule(split_seed=None)
+    in_order.prepare()
+    assert [r["subject_id"] for r in in_order.splits["train"]][:1] == ["10006"]  # SafeDrug: file order
 
 
 def test_samples_show_history_and_earlier_drugs_only():
@@ -168,9 +171,10 @@ def test_prescription_with_unknown_hadm_id_fails_or_is_counted(tmp_path):
     line = len((tmp_path / "PRESCRIPTIONS.csv").read_text().splitlines())
     with pytest.raises(ValueError, match=rf"PRESCRIPTIONS\.csv line {line}: hadm_id '555555' .* not in .*ADMISSIONS"):
         read_mimic_admissions(tmp_path, truth.ndc_map)
-    with pytest.warns(UserWarning, match="skip_bad: skipped bad rows"):
-        records, stats = read_mimic_admissions(tmp_path, truth.ndc_map, skip_bad=True)
-    assert stats.bad_rows == {"PRESCRIPTIONS:unknown_hadm_id": 1}
+    bad = BadInputLog(skip_bad=True, source="synthetic MIMIC")
+    with pytest.warns(UserWarning, match=r"synthetic MIMIC: skipped bad input \(skip_bad=True\)"):
+        records, _ = read_mimic_admissions(tmp_path, truth.ndc_map, bad)
+    assert bad.counts == {"PRESCRIPTIONS:unknown_hadm_id": 1}
     assert len(records) == truth.admissions
 
 
@@ -184,9 +188,10 @@ def test_malformed_ndc_fails_with_line_and_value(tmp_path):
     _rewrite(tmp_path / "PRESCRIPTIONS.csv", corrupt)
     with pytest.raises(ValueError, match=r"PRESCRIPTIONS\.csv line 4: malformed NDC '12-345'; expected 11 digits"):
         read_mimic_admissions(tmp_path, truth.ndc_map)
-    with pytest.warns(UserWarning, match="skip_bad: skipped bad rows"):
-        _, stats = read_mimic_admissions(tmp_path, truth.ndc_map, skip_bad=True)
-    assert stats.bad_rows == {"PRESCRIPTIONS:malformed_ndc": 1}
+    bad = BadInputLog(skip_bad=True)
+    with pytest.warns(UserWarning, match="skipped bad input"):
+        read_mimic_admissions(tmp_path, truth.ndc_map, bad)
+    assert bad.counts == {"PRESCRIPTIONS:malformed_ndc": 1}
 
 
 def test_no_admission_left_after_filtering(tmp_path):

@@ -6,14 +6,17 @@ from functools import partial
 import lightning as L
 import pytest
 import torch
-from conftest import tiny_trainer_kwargs
 from lightning.pytorch.loggers import CSVLogger
 
 from datamodules.multitask import MultiTaskDataModule
 from datamodules.synthetic import SyntheticDiseaseDataModule, SyntheticDrugDataModule, SyntheticTumorDataModule
-from ldoctor.losses import StaticWeighting
+from ldoctor.datasets.lidc import tumor_task
+from ldoctor.datasets.mimic import drug_task
+from ldoctor.datasets.nih import disease_task
+from ldoctor.losses import EqualWeighting, StaticWeighting
+from ldoctor.models.heads import ClassificationHead, DrugHead
 from ldoctor.module import MultiTaskModule
-from ldoctor.tasks import disease_task, drug_task, tumor_task
+from tests.helpers import tiny_trainer_kwargs
 
 DRUG = drug_task(["A", "B", "C"], ["D:1", "D:2", "P:3", "P:4"])
 
@@ -37,9 +40,7 @@ def test_parameter_groups_decay_only_weights():
     module = small_module(optimizer=partial(torch.optim.AdamW, lr=1e-3, weight_decay=0.05), trunk_lr_factor=0.1)
     optimizer = module.configure_optimizers()
     groups = {g["name"]: g for g in optimizer.param_groups}
-    assert set(groups) == {
-        "trunk", "trunk_no_decay", "heads", "heads_no_decay", "history", "history_no_decay", "weighting"
-    }
+    assert set(groups) == {"trunk", "trunk_no_decay", "heads", "heads_no_decay", "weighting"}
     assert groups["weighting"]["params"] == [module.weighting.log_vars]
     for name, group in groups.items():
         decays = not name.endswith("_no_decay") and name != "weighting"
@@ -124,3 +125,26 @@ def test_checkpoint_carries_the_task_specs(tmp_path):
     assert restored.task_specs["disease"].class_names == disease_task().class_names
     for (name, a), (_, b) in zip(module.state_dict().items(), restored.state_dict().items()):
         assert torch.equal(a, b), name
+
+
+def test_checkpoint_rebuilds_the_configured_heads_on_its_own(tmp_path):
+    heads = {"drug": partial(DrugHead, hidden_dim=8, dropout=0.5, wide="current"),
+             "tumor": partial(ClassificationHead, dropout=0.3)}
+    module = small_module([tumor_task(), DRUG], heads=heads, weighting=EqualWeighting)
+    assert module.hparams["heads"]["drug"] == {
+        "class_path": "ldoctor.models.heads.drug.DrugHead",
+        "init_args": {"hidden_dim": 8, "dropout": 0.5, "wide": "current"}}
+    trainer = L.Trainer(**tiny_trainer_kwargs(tmp_path, max_steps=0, limit_val_batches=0))
+    trainer.strategy.connect(module)
+    trainer.save_checkpoint(tmp_path / "heads.ckpt")
+    restored = MultiTaskModule.load_from_checkpoint(tmp_path / "heads.ckpt")  # no arguments
+    drug = restored.net.heads["drug"]
+    assert (drug.readout.wide_mode, drug.readout.dropout.p, drug.no_image.numel()) == ("current", 0.5, 8)
+    assert restored.net.heads["tumor"].dropout.p == 0.3 and isinstance(restored.weighting, EqualWeighting)
+    batch = {"codes": torch.tensor([[[1, 2], [3, 0]]])}
+    with torch.no_grad():
+        torch.testing.assert_close(restored.eval().net.forward_task("drug", batch),
+                                   module.eval().net.forward_task("drug", batch))
+    # a factory that is not config (a lambda) is not stored; the checkpoint then needs it passed again
+    lambda_head = small_module([tumor_task()], heads={"tumor": lambda task, width: ClassificationHead(task, width)})
+    assert "heads" not in lambda_head.hparams

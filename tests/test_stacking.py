@@ -9,7 +9,7 @@ from sklearn.metrics import roc_auc_score
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from ldoctor.stacking import FeatureStack, logit
+from ldoctor.evaluation.stacking import FeatureStack, logit
 
 
 def cases(n: int, seed: int):

@@ -8,12 +8,12 @@ from functools import partial
 import lightning as L
 import pytest
 import torch
-from conftest import tiny_trainer_kwargs
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from datamodules.synthetic import SyntheticTumorDataModule
 from ldoctor.callbacks import StagedFinetuning, UnfreezeStep
 from ldoctor.module import MultiTaskModule
+from tests.helpers import tiny_trainer_kwargs
 
 LR = 1e-2
 SCHEDULE = {1: UnfreezeStep(["layer4"], 0.1), 2: UnfreezeStep(["layer3", "layer2"], 0.05)}

@@ -7,12 +7,13 @@ from functools import partial
 import lightning as L
 import pytest
 import torch
-from conftest import tiny_trainer_kwargs
 
 from datamodules.multitask import MultiTaskDataModule
 from datamodules.synthetic import SyntheticDiseaseDataModule, SyntheticDrugDataModule, SyntheticTumorDataModule
 from ldoctor.callbacks import StagedFinetuning, UnfreezeStep
+from ldoctor.models.heads import ClassificationHead, DrugHead
 from ldoctor.module import MultiTaskModule
+from tests.helpers import tiny_trainer_kwargs
 
 KW = {"num_train": 16, "num_val": 16, "batch_size": 8}
 
@@ -56,7 +57,9 @@ def validate_all(model: MultiTaskModule, tmp_path) -> dict[str, float]:
 def test_finetuning_one_task_leaves_other_heads_identical(multitask_checkpoint, tmp_path, schedule):
     tumor_only = SyntheticTumorDataModule(image_size=16, **KW)
     model = MultiTaskModule(
-        tumor_only.tasks, trunk="resnet18", init_checkpoint=str(multitask_checkpoint), prior_bias=["drug"],
+        # the heads ask for priors, which are never applied to heads trained already (from the checkpoint)
+        tumor_only.tasks, trunk="resnet18", init_checkpoint=str(multitask_checkpoint),
+        heads={"tumor": partial(ClassificationHead, prior_bias=True), "drug": partial(DrugHead, prior_bias=True)},
         optimizer=partial(torch.optim.AdamW, lr=1e-2, weight_decay=0.1),
     )
     assert model.task_names == ["tumor", "disease", "drug"]  # the checkpoint's full task list

@@ -2,15 +2,10 @@ from __future__ import annotations
 
 import pytest
 
-from ldoctor.tasks import (
-    CHESTXRAY14_FINDINGS,
-    TASK_KINDS,
-    TaskSpec,
-    disease_task,
-    drug_task,
-    tumor_task,
-    validate_tasks,
-)
+from ldoctor.datasets.lidc import tumor_task
+from ldoctor.datasets.mimic import drug_task
+from ldoctor.datasets.nih import CHESTXRAY14_FINDINGS, disease_task
+from ldoctor.tasks import TASK_KINDS, TaskSpec, validate_tasks
 
 
 @pytest.mark.parametrize("kind", TASK_KINDS)
@@ -19,6 +14,10 @@ def test_every_kind_builds(kind):
     spec = TaskSpec(name="t", kind=kind, num_outputs=n)
     assert spec.class_names == [f"class_{i}" for i in range(n)]
     assert spec.label_shape == (() if kind == "multiclass" else (n,))
+
+
+def test_any_identifier_is_an_input_key():
+    assert TaskSpec(name="t", kind="binary", num_outputs=1, input_key="signal").input_key == "signal"
 
 
 @pytest.mark.parametrize(
@@ -30,8 +29,8 @@ def test_every_kind_builds(kind):
         ({"kind": "multiclass", "num_outputs": 1}, "num_outputs"),
         ({"kind": "multilabel", "num_outputs": 2, "class_names": ["a"]}, "class_names"),
         ({"kind": "multilabel", "num_outputs": 2, "class_names": ["a", "a"]}, "class_names"),
-        ({"kind": "multilabel", "num_outputs": 2, "input_key": "text"}, "input_key"),
-        ({"kind": "multilabel", "num_outputs": 2, "input_key": "codes"}, "code_vocabulary"),
+        ({"kind": "multilabel", "num_outputs": 2, "input_key": "two words"}, "input_key"),
+        ({"kind": "multilabel", "num_outputs": 2, "input_key": ""}, "input_key"),
     ],
 )
 def test_invalid_spec_names_the_field(kwargs, field):

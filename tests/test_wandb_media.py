@@ -11,7 +11,8 @@ import torch
 
 from ldoctor.callbacks.wandb_media import caption, to_uint8
 from ldoctor.cli import LDoctorCLI
-from ldoctor.tasks import disease_task, tumor_task
+from ldoctor.datasets.lidc import tumor_task
+from ldoctor.datasets.nih import disease_task
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -204,11 +204,17 @@ def available_trunks() -> list[str]:
     return sorted(TRUNKS)
 
 
-def build_trunk(name: str = "resnet50", weights: str | None = None) -> Trunk:
-    """Build a registered trunk and load its weights.
+#: A trunk given as a factory instead of a registered name (``MultiTaskModule(trunk=...)``): called with no
+#: arguments; in a config, ``class_path`` names a :class:`Trunk` subclass of your own file and ``init_args`` its options.
+TrunkCallable = Callable[[], Trunk]
+
+
+def build_trunk(name: str | TrunkCallable = "resnet50", weights: str | None = None) -> Trunk:
+    """Build a registered trunk (or call a trunk factory) and load its weights.
 
     Args:
-        name: a key of ``TRUNKS``.
+        name: a key of ``TRUNKS``, or a factory returning a :class:`Trunk` (its weights come from a local file
+            with the trunk's own keys).
         weights: ``None``, a torchvision weights enum name, or a local state-dict file (see module docstring).
 
     Returns:
@@ -218,6 +224,8 @@ def build_trunk(name: str = "resnet50", weights: str | None = None) -> Trunk:
         ValueError: unknown name or weights enum; FileNotFoundError: a weights path that does not exist;
         RuntimeError: a weights file whose keys do not match (missing, unexpected and wrong-shape keys listed).
     """
+    if callable(name):
+        return _build_from_factory(name, weights)
     if name not in TRUNKS:
         raise ValueError(f"unknown trunk {name!r}; registered trunks: {', '.join(available_trunks())}")
     info = TRUNKS[name]
@@ -234,6 +242,17 @@ def build_trunk(name: str = "resnet50", weights: str | None = None) -> Trunk:
     if from_file:
         prefixes = (*PREFIXES, f"{info.torchvision_name}.")
         load_trunk_weights(trunk, Path(weights), source, info.legacy_key, prefixes)
+    return trunk
+
+
+def _build_from_factory(factory: TrunkCallable, weights: str | None) -> Trunk:
+    trunk = factory()
+    check_trunk(trunk)
+    if weights is not None:
+        if not _looks_like_path(weights):
+            raise ValueError(f"trunk weights {weights!r}: a trunk built by a factory takes weights from a local "
+                             f"state-dict file ({', '.join(STATE_DICT_SUFFIXES)}) with its own keys")
+        load_trunk_weights(trunk, Path(weights))
     return trunk
 
 

@@ -221,12 +221,13 @@ def patient_splits(
     if test_names is None:
         fractions = {"train": (1 - test_fraction) * (1 - val_fraction), "val": (1 - test_fraction) * val_fraction,
                      "test": test_fraction}
-        by_patient = split_patients(sorted(set(table[PATIENT_COLUMN].tolist())), fractions, seed)
+        by_patient = split_patients(sorted(set(table[PATIENT_COLUMN].tolist())), fractions, seed,
+                                    require_nonempty=False)  # read_nih names the filters that emptied a split
         return {name: table[table[PATIENT_COLUMN].isin(set(patients))] for name, patients in by_patient.items()}
     test_mask = table[IMAGE_COLUMN].isin(test_names).to_numpy()
     train_val = table[~test_mask]
     by_patient = split_patients(sorted(set(train_val[PATIENT_COLUMN].tolist())),
-                                {"train": 1 - val_fraction, "val": val_fraction}, seed)
+                                {"train": 1 - val_fraction, "val": val_fraction}, seed, require_nonempty=False)
     val = train_val[PATIENT_COLUMN].isin(set(by_patient["val"])).to_numpy()
     return {"train": train_val[~val], "val": train_val[val], "test": table[test_mask]}
 
