@@ -15,7 +15,6 @@ the 2020 revision of the label table. AUROC here is scikit-learn's ``roc_auc_sco
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import tempfile
 import time
@@ -29,6 +28,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 
 from datamodules.chestxray14 import ChestXray14DataModule
 from ldoctor.datasets.nih import CHESTXRAY14_FINDINGS
+from ldoctor.evaluation.report import write_result
 from ldoctor.evaluation.scores import per_class_auroc
 from ldoctor.losses import EqualWeighting, MaskedBCEWithLogits
 from ldoctor.module import MultiTaskModule
@@ -143,15 +143,7 @@ def format_table(result: dict) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> dict:
-    args = parse_args(argv)
-    result = run(args)
-    if args.out:
-        Path(args.out).write_text(json.dumps(result, indent=2))
-    print(json.dumps(result, indent=2))
-    print(format_table(result))
-    return result
-
-
 if __name__ == "__main__":
-    main()
+    arguments = parse_args()
+    outcome = run(arguments)
+    write_result(outcome, arguments.out, format_table(outcome))

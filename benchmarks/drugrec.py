@@ -47,7 +47,7 @@ from ldoctor.evaluation.bootstrap import patient_bootstrap_draws
 from ldoctor.evaluation.drugrec import METRICS, admission_scores, baselines, mean_std, summarise
 from ldoctor.evaluation.prediction import predict
 from ldoctor.losses import DrugLoss, EqualWeighting
-from ldoctor.metrics import DrugJaccard, DrugMetrics, predicted_sets
+from ldoctor.metrics.drug import DrugJaccard, DrugMetrics, predicted_sets
 from ldoctor.models.heads import DrugHead
 from ldoctor.module import MultiTaskModule
 
@@ -113,18 +113,9 @@ def train_model(dm: MIMICDrugDataModule, args: argparse.Namespace, seed: int, he
         metrics={"drug": partial(DrugMetrics, ddi_pairs=args.ddi_pairs)},
         optimizer=partial(torch.optim.AdamW, lr=args.lr, weight_decay=head["weight_decay"]),
     )
-    trainer = L.Trainer(
-        accelerator="cpu",
-        devices=1,
-        max_epochs=args.epochs,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        limit_val_batches=0,
-        deterministic=True,
-    )
+    trainer = L.Trainer(accelerator="cpu", devices=1, max_epochs=args.epochs, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+                        limit_val_batches=0, deterministic=True)
     trainer.fit(model, datamodule=dm)
     return model
 
@@ -302,27 +293,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--margin-weight", type=float, default=0.0)
     p.add_argument("--ddi-weight", type=float, default=0.0)
     p.add_argument("--prior-bias", action="store_true", help="initialise the head bias at the drug log-odds")
-    p.add_argument(
-        "--wide",
-        nargs="+",
-        default=["none"],
-        choices=["none", "current", "all"],
-        help="wide path of the head (candidates; chosen per seed on validation Jaccard)",
-    )
-    p.add_argument(
-        "--copy",
-        nargs="+",
-        default=["none"],
-        choices=["none", "last", "all"],
-        help="copy path of the head (candidates)",
-    )
-    p.add_argument(
-        "--copy-combine",
-        nargs="+",
-        default=["logit"],
-        choices=["logit", "mixture"],
-        help="copy gate added to the logits, or a probability mixture as COGNet (candidates)",
-    )
+    p.add_argument("--wide", nargs="+", default=["none"], choices=["none", "current", "all"],
+                   help="wide path of the head (candidates; chosen per seed on validation Jaccard)")
+    p.add_argument("--copy", nargs="+", default=["none"], choices=["none", "last", "all"],
+                   help="copy path of the head (candidates)")
+    p.add_argument("--copy-combine", nargs="+", default=["logit"], choices=["logit", "mixture"],
+                   help="copy gate added to the logits, or a probability mixture as COGNet (candidates)")
     p.add_argument("--wide-dropout", type=float, nargs="+", default=[0.0], help="wide-input dropout (candidates)")
     p.add_argument(
         "--decision",

@@ -16,7 +16,6 @@ epochs through a ``DataLoader`` with ``--num-workers`` workers:
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 import time
 from pathlib import Path
@@ -26,6 +25,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
+from ldoctor.evaluation.report import write_result
 from ldoctor.transforms.cache import cached_dataset
 from ldoctor.transforms.radiograph import DEFAULT_AUGMENTATION, radiograph_postprocess, radiograph_preprocess
 
@@ -110,14 +110,12 @@ def run(args: argparse.Namespace) -> dict:
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     result = run(args)
-    if args.out:
-        Path(args.out).write_text(json.dumps(result, indent=2))
-    print(json.dumps(result, indent=2))
-    print("| pipeline | images/s |\n|---|---|")
-    print(f"| no cache (decode 1024 px PNG every epoch) | {result['no_cache_images_per_s']} |")
-    print(f"| cache, first epoch (decode + write uint8 cache) | {result['cache_first_epoch_images_per_s']} |")
-    print(f"| cache, later epochs (median) | {result['cached_epoch_images_per_s']} |")
-    print(f"speed-up cached vs no cache: {result['speedup_cached_vs_no_cache']}x")
+    write_result(result, args.out, "\n".join([
+        "| pipeline | images/s |", "|---|---|",
+        f"| no cache (decode 1024 px PNG every epoch) | {result['no_cache_images_per_s']} |",
+        f"| cache, first epoch (decode + write uint8 cache) | {result['cache_first_epoch_images_per_s']} |",
+        f"| cache, later epochs (median) | {result['cached_epoch_images_per_s']} |",
+        f"speed-up cached vs no cache: {result['speedup_cached_vs_no_cache']}x"]))
     return result
 
 

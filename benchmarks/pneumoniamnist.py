@@ -15,7 +15,6 @@ like-for-like comparison.
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 import time
 from functools import partial
@@ -26,6 +25,7 @@ import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
 from datamodules.medmnist import PNEUMONIAMNIST_DEMO, MedMNISTDataModule
+from ldoctor.evaluation.report import write_result
 from ldoctor.losses import EqualWeighting
 from ldoctor.models.heads import ClassificationHead
 from ldoctor.module import MultiTaskModule
@@ -152,15 +152,7 @@ def format_table(result: dict) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> dict:
-    args = parse_args(argv)
-    result = run(args)
-    if args.out:
-        Path(args.out).write_text(json.dumps(result, indent=2))
-    print(json.dumps(result, indent=2))
-    print(format_table(result))
-    return result
-
-
 if __name__ == "__main__":
-    main()
+    arguments = parse_args()
+    outcome = run(arguments)
+    write_result(outcome, arguments.out, format_table(outcome))

@@ -56,18 +56,13 @@ class ChestXray14DataModule(TaskDataModule):
         self,
         root: str,
         image_size: int = 224,
-        val_fraction: float = 0.1,
-        test_fraction: float = 0.2,
-        seed: int = 0,
-        view_positions: list[str] | None = None,
-        max_follow_up: int | None = None,
+        # the patient split and the rows kept
+        val_fraction: float = 0.1, test_fraction: float = 0.2, seed: int = 0,
+        view_positions: list[str] | None = None, max_follow_up: int | None = None,
         augmentation: RadiographAugmentation | None = DEFAULT_AUGMENTATION,
-        cache: CacheMode = "none",
-        cache_dir: str | None = None,
-        skip_bad: bool = False,
-        batch_size: int = 32,
-        num_workers: int = 0,
-        pin_memory: bool = False,
+        # reading and loading
+        cache: CacheMode = "none", cache_dir: str | None = None, skip_bad: bool = False,
+        batch_size: int = 32, num_workers: int = 0, pin_memory: bool = False,
     ) -> None:
         super().__init__(batch_size=batch_size, num_workers=num_workers, pin_memory=pin_memory)
         if not 0.0 <= val_fraction < 1.0 or not 0.0 <= test_fraction < 1.0:

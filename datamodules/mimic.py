@@ -76,19 +76,13 @@ class MIMICDrugDataModule(TaskDataModule):
 
     def __init__(
         self,
-        mimic_dir: str | None = None,
-        ndc_map: str | None = None,
-        records: str | None = None,
-        images: str | None = None,
-        top_k_drugs: int | None = None,
-        min_admissions: int = 1,
-        max_history: int | None = None,
-        history_drugs: bool = True,
-        split_seed: int | None = 0,
-        image_size: int = 224,
-        skip_bad: bool = False,
-        batch_size: int = 16,
-        num_workers: int = 0,
+        # the files
+        mimic_dir: str | None = None, ndc_map: str | None = None, records: str | None = None, images: str | None = None,
+        # the cohort, its samples and its split
+        top_k_drugs: int | None = None, min_admissions: int = 1, max_history: int | None = None,
+        history_drugs: bool = True, split_seed: int | None = 0,
+        # reading and loading
+        image_size: int = 224, skip_bad: bool = False, batch_size: int = 16, num_workers: int = 0,
         pin_memory: bool = False,
     ) -> None:
         super().__init__(batch_size=batch_size, num_workers=num_workers, pin_memory=pin_memory)

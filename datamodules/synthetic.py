@@ -34,18 +34,9 @@ class _SyntheticDataModule(TaskDataModule):
 class SyntheticTumorDataModule(_SyntheticDataModule):
     """``tumor`` task on ``SyntheticNoduleViews``: ``image`` ``[B, views, 3, S, S]``, ``label`` ``[B, 1]``."""
 
-    def __init__(
-        self,
-        num_train: int = 256,
-        num_val: int = 64,
-        num_test: int = 64,
-        image_size: int = 32,
-        views: int = 3,
-        unknown_fraction: float = 0.0,
-        seed: int = 0,
-        batch_size: int = 16,
-        num_workers: int = 0,
-    ) -> None:
+    def __init__(self, num_train: int = 256, num_val: int = 64, num_test: int = 64, image_size: int = 32,
+                 views: int = 3, unknown_fraction: float = 0.0, seed: int = 0, batch_size: int = 16,
+                 num_workers: int = 0) -> None:
         super().__init__(num_train, num_val, num_test, seed, batch_size, num_workers)
         self.image_size, self.views, self.unknown_fraction = image_size, views, unknown_fraction
 
@@ -60,16 +51,8 @@ class SyntheticTumorDataModule(_SyntheticDataModule):
 class SyntheticDiseaseDataModule(_SyntheticDataModule):
     """``disease`` task (14 findings) on ``SyntheticRadiographs``: ``image`` ``[B, 3, S, S]``."""
 
-    def __init__(
-        self,
-        num_train: int = 256,
-        num_val: int = 64,
-        num_test: int = 64,
-        image_size: int = 32,
-        seed: int = 0,
-        batch_size: int = 16,
-        num_workers: int = 0,
-    ) -> None:
+    def __init__(self, num_train: int = 256, num_val: int = 64, num_test: int = 64, image_size: int = 32,
+                 seed: int = 0, batch_size: int = 16, num_workers: int = 0) -> None:
         super().__init__(num_train, num_val, num_test, seed, batch_size, num_workers)
         self.image_size = image_size
 
@@ -84,34 +67,16 @@ class SyntheticDiseaseDataModule(_SyntheticDataModule):
 class SyntheticDrugDataModule(_SyntheticDataModule):
     """``drug`` task on ``SyntheticHistories``: ``codes`` ``[B, admissions, codes]``, ``label`` ``[B, drugs]``."""
 
-    def __init__(
-        self,
-        num_train: int = 256,
-        num_val: int = 64,
-        num_test: int = 64,
-        vocab_size: int = 40,
-        num_drugs: int = 8,
-        max_admissions: int = 3,
-        image_size: int = 0,
-        image_fraction: float = 0.0,
-        seed: int = 0,
-        batch_size: int = 16,
-        num_workers: int = 0,
-    ) -> None:
+    def __init__(self, num_train: int = 256, num_val: int = 64, num_test: int = 64, vocab_size: int = 40,
+                 num_drugs: int = 8, max_admissions: int = 3, image_size: int = 0, image_fraction: float = 0.0,
+                 seed: int = 0, batch_size: int = 16, num_workers: int = 0) -> None:
         super().__init__(num_train, num_val, num_test, seed, batch_size, num_workers)
         self.vocab_size, self.num_drugs, self.max_admissions = vocab_size, num_drugs, max_admissions
         self.image_size, self.image_fraction = image_size, image_fraction
 
     def _make(self, num_samples: int, seed: int) -> SyntheticHistories:
-        return SyntheticHistories(
-            num_samples,
-            self.vocab_size,
-            self.num_drugs,
-            self.max_admissions,
-            image_size=self.image_size,
-            image_fraction=self.image_fraction,
-            seed=seed,
-        )
+        return SyntheticHistories(num_samples, self.vocab_size, self.num_drugs, self.max_admissions,
+                                  image_size=self.image_size, image_fraction=self.image_fraction, seed=seed)
 
     @property
     def task(self) -> TaskSpec:

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ldoctor.errors import BadInput
 from ldoctor.io.tables import read_csv_columns
 
 
@@ -34,7 +35,7 @@ def load_ddi_matrix(path: str | Path, drug_vocabulary: Sequence[str]) -> torch.T
         with np.load(path, allow_pickle=False) as data:
             adjacency, names = data["ddi_A"], [str(n) for n in data["drugs"]]
         if adjacency.shape != (len(names), len(names)):
-            raise ValueError(f"{path}: ddi_A has shape {adjacency.shape}, expected {len(names)}x{len(names)} (drugs)")
+            raise BadInput(f"{path}: ddi_A has shape {adjacency.shape}, expected {len(names)}x{len(names)} (drugs)")
         pairs = [(names[i], names[j]) for i, j in zip(*np.nonzero(adjacency))]
     else:
         frame = read_csv_columns(path, ("atc3_a", "atc3_b"))

@@ -87,11 +87,6 @@ class TaskSpec:
         if len(set(self.feature_names)) != len(self.feature_names):
             raise ValueError(f"TaskSpec.feature_names of task {self.name!r} has duplicates")
 
-    @property
-    def label_shape(self) -> tuple[int, ...]:
-        """Shape of one sample's label: ``(num_outputs,)``, or ``()`` for multiclass."""
-        return () if self.kind == "multiclass" else (self.num_outputs,)
-
 
 def validate_tasks(tasks: Iterable[TaskSpec]) -> dict[str, TaskSpec]:
     """Check a task list and index it by name.

@@ -9,7 +9,8 @@ from sklearn.metrics import average_precision_score
 
 from ldoctor.datasets.mimic import drug_task
 from ldoctor.ddi import write_ddi_pairs
-from ldoctor.metrics import (
+from ldoctor.metrics.classification import prepare_for_metrics
+from ldoctor.metrics.drug import (
     DrugCount,
     DrugDDIRate,
     DrugF1,
@@ -18,7 +19,6 @@ from ldoctor.metrics import (
     DrugPRAUC,
     expected_jaccard_sets,
     predicted_sets,
-    prepare_for_metrics,
 )
 
 D = 12

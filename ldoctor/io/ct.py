@@ -26,6 +26,7 @@ import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
 
+from ldoctor.errors import BadInput
 from ldoctor.io.dicom import looks_like_dicom
 
 logger = logging.getLogger(__name__)
@@ -138,10 +139,10 @@ def _read_header(path: Path) -> Dataset:
     try:
         ds = pydicom.dcmread(path, stop_before_pixels=True)
     except Exception as err:  # pydicom raises several types for broken files
-        raise ValueError(f"{path}: not a readable DICOM file ({type(err).__name__}: {err})") from err
+        raise BadInput(f"{path}: not a readable DICOM file ({type(err).__name__}: {err})") from err
     for keyword in ("SeriesInstanceUID", "ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing", "Rows"):
         if keyword not in ds:
-            raise ValueError(f"{path}: DICOM header has no {keyword}; a CT slice needs it to place the pixels in space")
+            raise BadInput(f"{path}: DICOM header has no {keyword}; a CT slice needs it to place the pixels in space")
     check_decodable(ds, path)
     return ds
 
@@ -155,7 +156,7 @@ def _check_same(headers: list[tuple[Path, Dataset]], keyword: str, what: str) ->
             np.asarray(value, dtype=float), reference, atol=1e-4
         )
         if not same:
-            raise ValueError(
+            raise BadInput(
                 f"{path.parent}: mixed {what} in one series folder: {path.name} has {keyword}={value}, "
                 f"{first_path.name} has {reference}; put each series in its own folder"
             )
@@ -185,14 +186,14 @@ def order_slices(headers: list[tuple[Path, Dataset]]) -> tuple[list[tuple[Path, 
     gaps = np.diff(positions)
     for n, gap in enumerate(gaps):
         if gap < 1e-3:
-            raise ValueError(
+            raise BadInput(
                 f"{headers[n][0].parent}: duplicated slice position {positions[n]:.3f} mm in "
                 f"{headers[n][0].name} and {headers[n + 1][0].name}; remove the duplicate file"
             )
     median = float(np.median(gaps))
     for n, gap in enumerate(gaps):
         if abs(gap - median) > SLICE_GAP_TOLERANCE * median:
-            raise ValueError(
+            raise BadInput(
                 f"{headers[n][0].parent}: missing slice: gap of {gap:.3f} mm between {headers[n][0].name} "
                 f"({positions[n]:.3f} mm) and {headers[n + 1][0].name} ({positions[n + 1]:.3f} mm), expected "
                 f"{median:.3f} mm like the rest of the series"
@@ -236,7 +237,7 @@ def read_series_header(folder: str | Path) -> SeriesHeader:
         raise FileNotFoundError(f"{folder}: no DICOM files (*.dcm or files with the DICM marker) in this folder")
     headers = [(path, _read_header(path)) for path in files]
     if len(headers) == 1 and int(headers[0][1].get("NumberOfFrames", 1) or 1) > 1:
-        raise ValueError(f"{files[0]}: multi-frame DICOM; read it with read_enhanced_ct(), not as a slice series")
+        raise BadInput(f"{files[0]}: multi-frame DICOM; read it with read_enhanced_ct(), not as a slice series")
     _check_same(headers, "SeriesInstanceUID", "SeriesInstanceUID")
     _check_same(headers, "ImageOrientationPatient", "ImageOrientationPatient")
     _check_same(headers, "PixelSpacing", "PixelSpacing")
@@ -278,7 +279,7 @@ def _frame_item(ds: Dataset, frame: int, sequence: str) -> Dataset:
         item = groups[frame] if groups is ds.get("PerFrameFunctionalGroupsSequence") else groups[0]
         if sequence in item:
             return item[sequence][0]
-    raise ValueError(f"{ds.filename}: enhanced DICOM has no {sequence} for frame {frame}")
+    raise BadInput(f"{ds.filename}: enhanced DICOM has no {sequence} for frame {frame}")
 
 
 def read_enhanced_ct(path: str | Path, require_hu: bool = True) -> CTVolume:
@@ -301,7 +302,7 @@ def read_enhanced_ct(path: str | Path, require_hu: bool = True) -> CTVolume:
     if require_hu and types != {"HU"}:
         kinds = ds.SharedFunctionalGroupsSequence[0].get("CTImageFrameTypeSequence")
         frame_type = list(kinds[0].FrameType) if kinds else "unknown"
-        raise ValueError(
+        raise BadInput(
             f"{path}: enhanced CT whose values are not Hounsfield units (RescaleType {sorted(types)}, frame type "
             f"{frame_type}); ldoctor needs HU. Pass require_hu=False to read the raw rescaled values"
         )
@@ -343,7 +344,7 @@ def read_nifti(path: str | Path) -> CTVolume:
     if hu.ndim == 4 and hu.shape[-1] == 1:
         hu = hu[..., 0]
     if hu.ndim != 3:
-        raise ValueError(f"{path}: expected a 3D CT volume, got shape {hu.shape}")
+        raise BadInput(f"{path}: expected a 3D CT volume, got shape {hu.shape}")
     name = path.name.removesuffix(".gz").removesuffix(".nii")
     return CTVolume(hu, RAS_TO_LPS @ image.affine, name, "", str(path))
 

@@ -9,6 +9,7 @@ import pydicom
 from PIL import Image
 from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
+from ldoctor.errors import BadInput
 from ldoctor.io.dicom import looks_like_dicom
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -56,11 +57,11 @@ def read_png_grey(path: str | Path) -> np.ndarray:
             if img.mode in ("I;16", "I;16B", "I;16L", "I"):
                 return np.clip(np.asarray(img, dtype=np.float32) / 65535.0, 0.0, 1.0)
             if img.mode == "F":
-                raise ValueError(f"{path}: 32-bit float image; expected 8/16-bit grey or RGB")
+                raise BadInput(f"{path}: 32-bit float image; expected 8/16-bit grey or RGB")
             grey = img if img.mode == "L" else img.convert("L")
             return np.asarray(grey, dtype=np.float32) / 255.0
     except (OSError, SyntaxError) as err:  # PIL raises OSError for truncated data, SyntaxError for bad chunks
-        raise ValueError(f"{path}: cannot decode the image ({err}); expected a complete PNG") from err
+        raise BadInput(f"{path}: cannot decode the image ({err}); expected a complete PNG") from err
 
 
 def read_dicom_grey(path: str | Path) -> np.ndarray:
@@ -81,10 +82,10 @@ def read_dicom_grey(path: str | Path) -> np.ndarray:
         ds = pydicom.dcmread(path)
         pixels = ds.pixel_array
     except Exception as err:  # pydicom raises many types for bad files and unsupported transfer syntaxes
-        raise ValueError(f"{path}: cannot read DICOM pixel data ({err}); expected a readable DICOM") from err
+        raise BadInput(f"{path}: cannot read DICOM pixel data ({err}); expected a readable DICOM") from err
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2"))
     if photometric not in ("MONOCHROME1", "MONOCHROME2") or pixels.ndim != 2:
-        raise ValueError(
+        raise BadInput(
             f"{path}: PhotometricInterpretation {photometric}, pixel array {pixels.shape}; "
             "expected one grey frame (MONOCHROME1/2) of a radiograph"
         )

@@ -8,6 +8,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ldoctor.errors import BadInput
+
 
 def read_csv_columns(path: str | Path, required: Sequence[str]) -> pd.DataFrame:
     """Read only ``required`` columns of a CSV (names matched case-insensitively) as strings.
@@ -24,7 +26,7 @@ def read_csv_columns(path: str | Path, required: Sequence[str]) -> pd.DataFrame:
     by_lower = {str(c).strip().lower(): c for c in header}
     missing = [c for c in required if c not in by_lower]
     if missing:
-        raise ValueError(
+        raise BadInput(
             f"{path}: missing column(s) {missing}; expected {list(required)} (any case), found {list(header)}"
         )
     frame = pd.read_csv(

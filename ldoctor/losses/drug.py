@@ -63,15 +63,8 @@ class DrugLoss(TaskLoss):
         ValueError: a non-multilabel task, negative weights, or ``ddi_weight > 0`` without ``ddi_pairs``.
     """
 
-    def __init__(
-        self,
-        task: TaskSpec,
-        bce_weight: float = 1.0,
-        pos_weight: float = 1.0,
-        margin_weight: float = 0.0,
-        ddi_weight: float = 0.0,
-        ddi_pairs: str | None = None,
-    ) -> None:
+    def __init__(self, task: TaskSpec, bce_weight: float = 1.0, pos_weight: float = 1.0, margin_weight: float = 0.0,
+                 ddi_weight: float = 0.0, ddi_pairs: str | None = None) -> None:
         super().__init__()
         if task.kind != "multilabel":
             raise ValueError(f"DrugLoss needs a multilabel task, {task.name!r} is {task.kind}")

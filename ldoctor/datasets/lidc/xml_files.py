@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from ldoctor.datasets.lidc.annotations import RATINGS, Contour, ReaderAnnotation
+from ldoctor.errors import BadInput
 
 logger = logging.getLogger(__name__)
 
@@ -29,7 +30,7 @@ def _strip_namespace(root: ET.Element) -> ET.Element:
 def _text(element: ET.Element, tag: str, where: str) -> str:
     found = element.find(tag)
     if found is None or found.text is None:
-        raise ValueError(f"{where}: <{element.tag}> has no <{tag}>")
+        raise BadInput(f"{where}: <{element.tag}> has no <{tag}>")
     return found.text.strip()
 
 
@@ -38,7 +39,7 @@ def _read_roi(roi: ET.Element, where: str) -> Contour:
     inclusion = _text(roi, "inclusion", where).upper() == "TRUE"
     points = [(int(float(_text(e, "xCoord", where))), int(float(_text(e, "yCoord", where)))) for e in roi.iter("edgeMap")]
     if not points:
-        raise ValueError(f"{where}: <roi> at z={z} has no <edgeMap> points")
+        raise BadInput(f"{where}: <roi> at z={z} has no <edgeMap> points")
     sop = roi.find("imageSOP_UID")
     return Contour(z, np.asarray(points), inclusion, sop.text.strip() if sop is not None and sop.text else "")
 
@@ -56,13 +57,13 @@ def read_lidc_xml(path: str | Path) -> list[ReaderAnnotation]:
     try:
         root = _strip_namespace(ET.parse(path).getroot())
     except ET.ParseError as err:
-        raise ValueError(f"{path}: not well-formed XML ({err})") from err
+        raise BadInput(f"{path}: not well-formed XML ({err})") from err
     if root.tag != "LidcReadMessage":
-        raise ValueError(f"{path}: root element is <{root.tag}>, expected <LidcReadMessage> (LIDC reader XML)")
+        raise BadInput(f"{path}: root element is <{root.tag}>, expected <LidcReadMessage> (LIDC reader XML)")
     header = root.find("ResponseHeader")
     series = header.findtext("SeriesInstanceUid") if header is not None else None
     if not series:
-        raise ValueError(f"{path}: <ResponseHeader> has no <SeriesInstanceUid>")
+        raise BadInput(f"{path}: <ResponseHeader> has no <SeriesInstanceUid>")
     annotations, small = [], 0
     for s, session in enumerate(root.iter("readingSession")):
         reader = session.findtext("servicingRadiologistID") or f"session{s}"
@@ -77,10 +78,10 @@ def read_lidc_xml(path: str | Path) -> list[ReaderAnnotation]:
             for name in RATINGS:
                 value = characteristics.findtext(name)
                 if value is None or not value.strip().isdigit():
-                    raise ValueError(f"{where}: <{name}> is {value!r}, expected an integer rating")
+                    raise BadInput(f"{where}: <{name}> is {value!r}, expected an integer rating")
                 ratings[name] = int(value)
             if not 1 <= ratings["malignancy"] <= 5:
-                raise ValueError(f"{where}: malignancy {ratings['malignancy']} outside 1-5")
+                raise BadInput(f"{where}: malignancy {ratings['malignancy']} outside 1-5")
             contours = [_read_roi(roi, where) for roi in nodule.iter("roi")]
             annotations.append(ReaderAnnotation(series.strip(), "", nodule_id, ratings, contours, reader,
                                                 f"{path.name}:{reader}:{nodule_id}"))

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ldoctor.errors import BadInput
 from ldoctor.tasks import TaskSpec
 
 #: PneumoniaMNIST train (4,707) / val (524) shipped with the package (no test split).
@@ -57,21 +58,21 @@ def load_split(npz: np.lib.npyio.NpzFile, path: str, split: str) -> tuple[np.nda
     """
     images, labels = npz[f"{split}_images"], npz[f"{split}_labels"]
     if images.dtype != np.uint8 or images.ndim not in (3, 4) or (images.ndim == 4 and images.shape[-1] != 3):
-        raise ValueError(
+        raise BadInput(
             f"{path}: {split}_images is {images.dtype} {images.shape}; expected uint8 [N, H, W] or [N, H, W, 3]"
         )
     labels = labels.reshape(len(labels), -1) if labels.ndim == 1 else labels
     if labels.ndim != 2 or len(labels) != len(images):
-        raise ValueError(
+        raise BadInput(
             f"{path}: {split}_labels has shape {labels.shape} for {len(images)} images; expected [N, 1] or [N, C]"
         )
     as_float = labels.astype(np.float64)
     bad = np.flatnonzero(~np.isfinite(as_float).all(1) | (as_float < 0).any(1) | (as_float % 1 != 0).any(1))
     if bad.size:
-        raise ValueError(
+        raise BadInput(
             f"{path}: {split}_labels row {bad[0]} is {labels[bad[0]].tolist()}; expected non-negative integers"
         )
     if labels.shape[1] > 1 and (labels > 1).any():
         row = int(np.flatnonzero((labels > 1).any(1))[0])
-        raise ValueError(f"{path}: {split}_labels row {row} is {labels[row].tolist()}; expected 0/1 multi-labels")
+        raise BadInput(f"{path}: {split}_labels row {row} is {labels[row].tolist()}; expected 0/1 multi-labels")
     return images, labels.astype(np.int64)

@@ -8,32 +8,6 @@
 
 from __future__ import annotations
 
-from ldoctor.datasets.mimic.dataset import DrugDataset, collate_drug_batch, read_image_links
-from ldoctor.datasets.mimic.records import (
-    DEMO_DIR,
-    DEMO_NDC_MAP,
-    UNKNOWN_CODE,
-    MimicStats,
-    build_vocabularies,
-    drug_task,
-    filter_admissions,
-    group_by_patient,
-    patient_samples,
-    read_mimic_admissions,
-)
+from ldoctor.datasets.mimic.records import DEMO_DIR, DEMO_NDC_MAP, drug_task, read_mimic_admissions
 
-__all__ = [
-    "DEMO_DIR",
-    "DEMO_NDC_MAP",
-    "UNKNOWN_CODE",
-    "DrugDataset",
-    "MimicStats",
-    "build_vocabularies",
-    "collate_drug_batch",
-    "drug_task",
-    "filter_admissions",
-    "group_by_patient",
-    "patient_samples",
-    "read_image_links",
-    "read_mimic_admissions",
-]
+__all__ = ["DEMO_DIR", "DEMO_NDC_MAP", "drug_task", "read_mimic_admissions"]

@@ -20,7 +20,7 @@ import torch
 from torch.utils.data import Dataset
 
 from ldoctor.datasets.mimic.records import UNKNOWN_CODE
-from ldoctor.errors import BadInputLog
+from ldoctor.errors import BadInput, BadInputLog
 from ldoctor.io.tables import read_csv_columns
 
 
@@ -118,9 +118,9 @@ def read_image_links(path: str | Path, bad: BadInputLog) -> dict[str, str]:
     for hadm, image, line in frame.itertuples(index=False):
         image_path = Path(image) if Path(image).is_absolute() else path.parent / image
         if not hadm or not image:
-            raise ValueError(f"{path} line {line}: expected a hadm_id and an image_path, got {hadm!r}, {image!r}")
+            raise BadInput(f"{path} line {line}: expected a hadm_id and an image_path, got {hadm!r}, {image!r}")
         if hadm in links and links[hadm] != str(image_path):
-            raise ValueError(f"{path} line {line}: hadm_id {hadm} is linked to a second image ({image})")
+            raise BadInput(f"{path} line {line}: hadm_id {hadm} is linked to a second image ({image})")
         if not image_path.is_file():
             bad.report("missing images", f"{image_path}: listed in {path} line {line}, not found; check data.images",
                        FileNotFoundError)

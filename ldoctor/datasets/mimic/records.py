@@ -29,7 +29,7 @@ from pathlib import Path
 import pandas as pd
 from lightning.pytorch.utilities import rank_zero_warn
 
-from ldoctor.errors import BadInputLog
+from ldoctor.errors import BadInput, BadInputLog
 from ldoctor.io.tables import read_csv_columns
 from ldoctor.tasks import TaskSpec
 
@@ -128,18 +128,18 @@ def load_ndc_map(path: str | Path) -> dict[str, str]:
     first_line: dict[str, int] = {}
     for ndc, atc3, line in frame.itertuples(index=False):
         if not NDC_PATTERN.match(ndc):
-            raise ValueError(f"{path} line {line}: malformed NDC {ndc!r}; expected 11 digits")
+            raise BadInput(f"{path} line {line}: malformed NDC {ndc!r}; expected 11 digits")
         if not ATC3_PATTERN.match(atc3):
-            raise ValueError(f"{path} line {line}: malformed ATC-3 class {atc3!r}; expected e.g. 'A02B'")
+            raise BadInput(f"{path} line {line}: malformed ATC-3 class {atc3!r}; expected e.g. 'A02B'")
         if ndc in mapping and mapping[ndc] != atc3:
-            raise ValueError(
+            raise BadInput(
                 f"{path}: NDC {ndc} maps to {mapping[ndc]!r} on line {first_line[ndc]} and to {atc3!r} "
                 f"on line {line}; an NDC must map to one ATC-3 class"
             )
         mapping.setdefault(ndc, atc3)
         first_line.setdefault(ndc, line)
     if not mapping:
-        raise ValueError(f"{path}: the NDC -> ATC-3 map has no rows")
+        raise BadInput(f"{path}: the NDC -> ATC-3 map has no rows")
     return mapping
 
 
@@ -151,12 +151,12 @@ def _read_admissions(mimic_dir: Path, stats: MimicStats) -> tuple[dict[str, tupl
     admissions: dict[str, tuple[str, pd.Timestamp]] = {}
     for (subject, hadm, _, line), time in zip(frame.itertuples(index=False), times):
         if not (subject.isdigit() and hadm.isdigit()) or pd.isna(time):
-            raise ValueError(
+            raise BadInput(
                 f"{path} line {line}: expected integer subject_id and hadm_id and a date-time admittime, "
                 f"got {subject!r}, {hadm!r}, {frame['admittime'].iat[line - 2]!r}"
             )
         if hadm in admissions:
-            raise ValueError(f"{path} line {line}: hadm_id {hadm} appears twice")
+            raise BadInput(f"{path} line {line}: hadm_id {hadm} appears twice")
         admissions[hadm] = (subject, time)
     stats.admissions_in_file = len(admissions)
     return admissions, path
@@ -296,7 +296,7 @@ def filter_admissions(
     records = [r for r in records if per_patient[r["subject_id"]] >= min_admissions]
     counts.append(f"{len(records)} of patients with >= {min_admissions} admissions")
     if not records:
-        raise ValueError(f"{source}: no admission left after filtering ({'; '.join(counts)})")
+        raise BadInput(f"{source}: no admission left after filtering ({'; '.join(counts)})")
     return records
 
 

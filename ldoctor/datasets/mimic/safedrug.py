@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from ldoctor.ddi import write_ddi_pairs
+from ldoctor.errors import BadInput
 
 RECORDS_FORMAT = "ldoctor-drug-records/1"
 _SAFE_GLOBALS = {
@@ -107,19 +108,19 @@ def _words(voc: object, name: str, path: Path) -> list[str]:
     if idx2word is None and isinstance(voc, dict):
         idx2word = voc.get("idx2word")
     if not isinstance(idx2word, dict) or sorted(idx2word) != list(range(len(idx2word))):
-        raise ValueError(f"{path}: {name} has no idx2word mapping 0..n-1")
+        raise BadInput(f"{path}: {name} has no idx2word mapping 0..n-1")
     return [str(idx2word[i]) for i in range(len(idx2word))]
 
 
 def _convert_visit(visit: object, vocab: dict[str, list[str]], where: str) -> dict:
     if not (isinstance(visit, list | tuple) and len(visit) >= 3):
-        raise ValueError(f"{where}: expected [diagnosis ids, procedure ids, drug ids], got {type(visit).__name__}")
+        raise BadInput(f"{where}: expected [diagnosis ids, procedure ids, drug ids], got {type(visit).__name__}")
     out = {}
     for key, ids in zip(("diagnoses", "procedures", "drugs"), visit[:3]):
         words = vocab[key]
         bad = [i for i in ids if not (isinstance(i, int | np.integer) and 0 <= int(i) < len(words))]
         if bad:
-            raise ValueError(f"{where}: {key} ids {bad[:5]} outside the vocabulary of {len(words)}")
+            raise BadInput(f"{where}: {key} ids {bad[:5]} outside the vocabulary of {len(words)}")
         out[key] = [words[int(i)] for i in ids]
     return out
 
@@ -127,7 +128,7 @@ def _convert_visit(visit: object, vocab: dict[str, list[str]], where: str) -> di
 def convert_records(records: object, vocab: dict[str, list[str]], path: Path) -> list[dict]:
     """SafeDrug's nested id lists -> our admission records (``subject_id`` / ``hadm_id`` are positions)."""
     if not isinstance(records, list):
-        raise ValueError(f"{path}: expected a list of patients, got {type(records).__name__}")
+        raise BadInput(f"{path}: expected a list of patients, got {type(records).__name__}")
     admissions = []
     for p, patient in enumerate(records):
         for v, visit in enumerate(patient):
@@ -159,7 +160,7 @@ def import_safedrug(
     out_dir = Path(out_dir)
     voc = load_pickle(voc_path, allow_pickle)
     if not isinstance(voc, dict) or not {"diag_voc", "pro_voc", "med_voc"} <= set(voc):
-        raise ValueError(f"{voc_path}: expected a dict with diag_voc, pro_voc and med_voc")
+        raise BadInput(f"{voc_path}: expected a dict with diag_voc, pro_voc and med_voc")
     vocab = {
         key: _words(voc[name], name, Path(voc_path))
         for key, name in (("diagnoses", "diag_voc"), ("procedures", "pro_voc"), ("drugs", "med_voc"))
@@ -170,7 +171,7 @@ def import_safedrug(
         adjacency = np.asarray(load_pickle(ddi_path, allow_pickle), dtype=np.float32)
         n = len(vocab["drugs"])
         if adjacency.shape != (n, n):
-            raise ValueError(f"{ddi_path}: DDI matrix has shape {adjacency.shape}, expected {n}x{n} (med_voc)")
+            raise BadInput(f"{ddi_path}: DDI matrix has shape {adjacency.shape}, expected {n}x{n} (med_voc)")
         np.savez(out_dir / "ddi_A.npz", ddi_A=adjacency, drugs=np.array(vocab["drugs"]))
         write_ddi_pairs(
             out_dir / "ddi_pairs.csv",
@@ -199,12 +200,12 @@ def load_records_json(path: str | Path) -> tuple[list[dict], list[str]]:
     path = Path(path)
     document = json.loads(path.read_text())
     if not isinstance(document, dict) or document.get("format") != RECORDS_FORMAT:
-        raise ValueError(f"{path}: not an ldoctor records file (expected format {RECORDS_FORMAT!r})")
+        raise BadInput(f"{path}: not an ldoctor records file (expected format {RECORDS_FORMAT!r})")
     needed = ("subject_id", "hadm_id", "diagnoses", "procedures", "drugs")
     for i, record in enumerate(document["admissions"]):
         missing = [k for k in needed if k not in record]
         if missing:
-            raise ValueError(f"{path}: admission {i} lacks {missing}")
+            raise BadInput(f"{path}: admission {i} lacks {missing}")
     return document["admissions"], list(document["drug_vocabulary"])
 
 

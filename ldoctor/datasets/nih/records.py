@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 from lightning.pytorch.utilities import rank_zero_warn
 
-from ldoctor.errors import BadInputLog
+from ldoctor.errors import BadInput, BadInputLog
 from ldoctor.evaluation.splits import check_patient_disjoint, split_patients
 from ldoctor.io.radiograph import check_png
 from ldoctor.tasks import TaskSpec
@@ -100,20 +100,20 @@ def read_label_table(path: str | Path, columns: Sequence[str] = REQUIRED_COLUMNS
     table = pd.read_csv(path, dtype={IMAGE_COLUMN: str, FINDINGS_COLUMN: str})
     missing = [c for c in columns if c not in table.columns]
     if missing:
-        raise ValueError(
+        raise BadInput(
             f"{path}: missing column(s) {missing}; expected the NIH Data_Entry_2017 columns {list(columns)}, "
             f"found {list(table.columns)}"
         )
     if table.empty:
-        raise ValueError(f"{path}: the label table has no rows")
+        raise BadInput(f"{path}: the label table has no rows")
     duplicated = table[IMAGE_COLUMN].duplicated()
     if duplicated.any():
         row = int(np.flatnonzero(duplicated)[0])
-        raise ValueError(f"{path} line {row + 2}: image {table[IMAGE_COLUMN][row]!r} is listed twice")
+        raise BadInput(f"{path} line {row + 2}: image {table[IMAGE_COLUMN][row]!r} is listed twice")
     patients = pd.to_numeric(table[PATIENT_COLUMN], errors="coerce")
     if patients.isna().any():
         row = int(np.flatnonzero(patients.isna())[0])
-        raise ValueError(
+        raise BadInput(
             f"{path} line {row + 2}: Patient ID {table[PATIENT_COLUMN][row]!r}; expected an integer id"
         )
     table[PATIENT_COLUMN] = patients.astype(np.int64)
@@ -201,7 +201,7 @@ def official_test_names(root: Path, table_path: Path, known: set[str], bad: BadI
         names[name] = [e for e in entries if e in known]
     both = set(names[TRAIN_VAL_LIST]) & set(names[TEST_LIST])
     if both:
-        raise ValueError(f"{sorted(both)[:5]} are in both {TRAIN_VAL_LIST} and {TEST_LIST}")
+        raise BadInput(f"{sorted(both)[:5]} are in both {TRAIN_VAL_LIST} and {TEST_LIST}")
     return set(names[TEST_LIST])
 
 
@@ -310,7 +310,7 @@ def read_nih(
     records = {split: image_records(rows, labels, images, root, table_path, bad) for split, rows in splits.items()}
     for split, kept in records.items():
         if not kept:
-            raise ValueError(f"the ChestX-ray14 {split} split is empty (view_positions={view_positions}, max_follow_up="
+            raise BadInput(f"the ChestX-ray14 {split} split is empty (view_positions={view_positions}, max_follow_up="
                              f"{max_follow_up}, val_fraction={val_fraction}; {len(table)} rows in {table_path}, "
                              f"{len(filtered)} after filters); expected at least one image")
     kept_ids = {split: {r["id"] for r in kept} for split, kept in records.items()}

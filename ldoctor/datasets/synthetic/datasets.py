@@ -103,17 +103,8 @@ class SyntheticHistories(Dataset):
         seed: sample seed.
     """
 
-    def __init__(
-        self,
-        num_samples: int,
-        vocab_size: int = 40,
-        num_drugs: int = 8,
-        max_admissions: int = 3,
-        codes_per_admission: int = 5,
-        image_size: int = 0,
-        image_fraction: float = 0.0,
-        seed: int = 0,
-    ) -> None:
+    def __init__(self, num_samples: int, vocab_size: int = 40, num_drugs: int = 8, max_admissions: int = 3,
+                 codes_per_admission: int = 5, image_size: int = 0, image_fraction: float = 0.0, seed: int = 0) -> None:
         if vocab_size <= num_drugs:
             raise ValueError(f"vocab_size ({vocab_size}) must exceed num_drugs ({num_drugs})")
         self.num_samples, self.vocab_size, self.num_drugs = num_samples, vocab_size, num_drugs

@@ -76,14 +76,8 @@ class ClassificationHead(TaskHead):
             the untrained head predicts the frequent outputs.
     """
 
-    def __init__(
-        self,
-        task: TaskSpec,
-        in_features: int,
-        dropout: float = 0.2,
-        side_lr_factor: float = 10.0,
-        prior_bias: bool = False,
-    ) -> None:
+    def __init__(self, task: TaskSpec, in_features: int, dropout: float = 0.2, side_lr_factor: float = 10.0,
+                 prior_bias: bool = False) -> None:
         super().__init__()
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")

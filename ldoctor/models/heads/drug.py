@@ -262,15 +262,11 @@ class DrugHead(TaskHead):
         self,
         task: TaskSpec,
         in_features: int,
-        embed_dim: int = 64,
-        hidden_dim: int = 128,
-        history_dropout: float = 0.2,
-        dropout: float = 0.2,
-        wide: WidePath = "none",
-        copy: CopyPath = "none",
-        wide_dropout: float = 0.0,
-        copy_combine: CopyCombine = "logit",
-        prior_bias: bool = False,
+        # the history encoder
+        embed_dim: int = 64, hidden_dim: int = 128, history_dropout: float = 0.2,
+        # the read-out
+        dropout: float = 0.2, wide: WidePath = "none", copy: CopyPath = "none", wide_dropout: float = 0.0,
+        copy_combine: CopyCombine = "logit", prior_bias: bool = False,
     ) -> None:
         super().__init__()
         if task.kind != "multilabel" or not task.code_vocabulary:
