@@ -16,6 +16,7 @@ epochs through a ``DataLoader`` with ``--num-workers`` workers:
 from __future__ import annotations
 
 import argparse
+import gc
 import tempfile
 import time
 from pathlib import Path
@@ -88,14 +89,16 @@ def run(args: argparse.Namespace) -> dict:
         cached_loader = loader(Path(tmp) / "cache")
         first_s, _ = time_epoch(cached_loader)
         later = [time_epoch(cached_loader)[0] for _ in range(args.cached_epochs)]
-        batch = next(iter(cached_loader))
+        batch_shape = [args.batch_size, *cached_loader.dataset[0]["image"].shape]
         cache_bytes = sum(f.stat().st_size for f in (Path(tmp) / "cache").glob("*.pt"))
+        del cached_loader  # stop its persistent workers before the temporary folder goes
+        gc.collect()
     later_s = float(np.median(later))
     return {
         "images": n,
         "source": f"{len(list(REAL_1024.glob('*.png')))} real NIH 1024 px PNGs + shifted copies",
         "image_size": args.image_size,
-        "batch_shape": list(batch["image"].shape),
+        "batch_shape": batch_shape,
         "num_workers": args.num_workers,
         "no_cache_images_per_s": round(n / uncached_s, 1),
         "cache_first_epoch_images_per_s": round(n / first_s, 1),
