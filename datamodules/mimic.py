@@ -33,7 +33,7 @@ from ldoctor.datasets.mimic.records import (
 )
 from ldoctor.datasets.mimic.safedrug import load_records_json
 from ldoctor.errors import BadInputLog
-from ldoctor.evaluation.splits import split_patients
+from ldoctor.evaluation.splits import locked_test_patients, split_patients
 from ldoctor.tasks import TaskSpec
 
 log = logging.getLogger(__name__)
@@ -65,6 +65,10 @@ class MIMICDrugDataModule(TaskDataModule):
         max_history: keep at most this many admissions (the current one included) per sample; ``None`` = all.
         history_drugs: earlier admissions also show the drugs they were given (``M:<atc3>`` codes), as in
             GAMENet / COGNet; the current admission never shows its own.
+        locked_test: test on a locked set of patients instead (about 1/6, fixed by a hash of ``SUBJECT_ID``:
+            :func:`ldoctor.evaluation.splits.locked_test_patients`), the same whatever the seed or the other options,
+            so nothing tuned on the seeded train / validation splits of the rest ever sees them; the rest is split
+            4 : 1 into train and validation with ``split_seed``.
         split_seed: seed of the patient shuffle before the 2/3 : 1/6 : 1/6 train/test/val split; ``None``
             keeps file order (SafeDrug's split of its processed records).
         image_size: side of the images, pixels.
@@ -80,7 +84,7 @@ class MIMICDrugDataModule(TaskDataModule):
         mimic_dir: str | None = None, ndc_map: str | None = None, records: str | None = None, images: str | None = None,
         # the cohort, its samples and its split
         top_k_drugs: int | None = None, min_admissions: int = 1, max_history: int | None = None,
-        history_drugs: bool = True, split_seed: int | None = 0,
+        history_drugs: bool = True, locked_test: bool = False, split_seed: int | None = 0,
         # reading and loading
         image_size: int = 224, skip_bad: bool = False, batch_size: int = 16, num_workers: int = 0,
         pin_memory: bool = False,
@@ -98,7 +102,7 @@ class MIMICDrugDataModule(TaskDataModule):
         self.images_path = Path(images) if images is not None else None
         self.top_k_drugs, self.min_admissions, self.max_history = top_k_drugs, min_admissions, max_history
         self.history_drugs = history_drugs
-        self.split_seed, self.image_size = split_seed, image_size
+        self.split_seed, self.image_size, self.locked_test = split_seed, image_size, locked_test
         self.bad = BadInputLog(skip_bad, f"MIMIC-III {records or mimic_dir or DEMO_DIR}")
         self.stats: MimicStats | None = None
         self.splits: dict[str, list[dict]] | None = None
@@ -120,9 +124,7 @@ class MIMICDrugDataModule(TaskDataModule):
         records, source = self._read()
         records = filter_admissions(records, self.top_k_drugs, self.min_admissions, source)
         patients = group_by_patient(records)
-        # the published SafeDrug rule; a seed shuffles with Python's ``random`` first, as the demo benchmark's splits
-        split = split_patients(list(patients), SAFEDRUG_FRACTIONS, self.split_seed, rounding="floor", shuffle="python",
-                               require_nonempty=False)
+        split = self._split_patients(list(patients))
         self.splits = {name: [r for s in split[name] for r in patients[s]] for name in SPLITS}
         for name in ("train", "test"):
             if not self.splits[name]:
@@ -136,6 +138,16 @@ class MIMICDrugDataModule(TaskDataModule):
                 self.splits["train"], records, self.history_drugs
             )
         log.info("MIMIC drug cohort from %s: %s", source, stats.as_dict())
+
+    def _split_patients(self, patients: list[str]) -> dict[str, list[str]]:
+        if self.locked_test:
+            locked = locked_test_patients(patients)
+            rest = [p for p in patients if p not in locked]
+            split = split_patients(rest, {"train": 0.8, "val": 0.2}, self.split_seed, require_nonempty=False)
+            return {**split, "test": [p for p in patients if p in locked]}
+        # the published SafeDrug rule; a seed shuffles with Python's ``random`` first, as the demo benchmark's splits
+        return split_patients(patients, SAFEDRUG_FRACTIONS, self.split_seed, rounding="floor", shuffle="python",
+                              require_nonempty=False)
 
     @property
     def task(self) -> TaskSpec:
@@ -203,6 +215,7 @@ class MIMICDrugDataModule(TaskDataModule):
             "drug_vocabulary": list(self.drug_vocabulary),
             "code_vocabulary": list(self.code_vocabulary),
             "split_seed": self.split_seed,
+            "locked_test": self.locked_test,
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:

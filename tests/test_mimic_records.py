@@ -225,3 +225,20 @@ def test_gzip_table_with_upper_case_header_reports_missing_column(tmp_path):
         handle.write("ROW_ID,SUBJECT_ID,HADM_ID\n1,1,100001\n")
     with pytest.raises(ValueError, match=r"ADMISSIONS\.csv\.gz: missing column\(s\) \['admittime'\]"):
         read_mimic_admissions(tmp_path, truth.ndc_map)
+
+
+def test_locked_test_patients_do_not_move_with_seeds_or_data():
+    from datamodules.mimic import MIMICDrugDataModule
+    from ldoctor.evaluation.splits import locked_test_patients
+
+    splits = []
+    for seed in (0, 1):
+        dm = MIMICDrugDataModule(locked_test=True, split_seed=seed)
+        dm.prepare()
+        splits.append({name: {r["subject_id"] for r in rs} for name, rs in dm.splits.items()})
+    assert splits[0]["test"] == splits[1]["test"] and splits[0]["val"] != splits[1]["val"]
+    assert 0.08 < len(splits[0]["test"]) / 82 < 0.25  # about 1/6 of the 82 patients
+    everyone = set().union(*splits[0].values())
+    assert splits[0]["test"] == locked_test_patients(everyone)
+    assert splits[0]["test"] == locked_test_patients(sorted(everyone)[:50]) | locked_test_patients(sorted(everyone)[50:])
+    assert not (splits[0]["test"] & (splits[0]["train"] | splits[0]["val"]))

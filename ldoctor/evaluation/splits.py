@@ -28,6 +28,7 @@ Example:
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import math
 import random
@@ -126,6 +127,27 @@ def patient_folds(
     rest = _shuffled([p for p in order if p not in tested], seed + 1 + fold, "numpy")
     n_val = int(round(val_fraction * len(rest)))
     return {"train": rest[n_val:], "val": rest[:n_val], "test": test}
+
+
+def locked_test_patients(patients: Iterable[str], share: float = 1 / 6, salt: str = "ldoctor-locked-test") -> set[str]:
+    """The patients of a locked test set: those whose ``sha256(salt + id)`` falls in the lowest ``share`` of the
+    hash range. A patient's membership depends on its id alone, never on the other patients, a seed or the data's
+    order, so the set stays fixed as data is added, and no tuning choice can move a patient in or out.
+
+    Args:
+        patients: patient ids (as strings, e.g. MIMIC-III ``SUBJECT_ID``).
+        share: the expected share of patients in the locked set, in ``(0, 1)`` (SafeDrug tests on about 1/6).
+        salt: prefix of the hashed text; another salt draws another locked set.
+
+    Example:
+        >>> sorted(locked_test_patients([str(i) for i in range(20)], share=0.25))
+        ['11', '15', '8']
+    """
+    if not 0 < share < 1:
+        raise ValueError(f"share must be in (0, 1), got {share}")
+    bound = int(share * 2**64)
+    return {p for p in map(str, patients)
+            if int.from_bytes(hashlib.sha256(f"{salt}{p}".encode()).digest()[:8], "big") < bound}
 
 
 def assign_records(
