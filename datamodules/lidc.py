@@ -52,6 +52,8 @@ class LIDCDataModule(TaskDataModule):
         test_source: a separate test set (e.g. other patients in the same layout): the test split is all of it and
             ``source`` is split into train and validation only (``test_fraction`` and ``folds`` unused). A patient
             in both is refused.
+        training_source: extra nodules for training only (e.g. virtual cases rendered from the readers' outlines):
+            a nodule trains when its patient is not in the validation or test split, and is dropped otherwise.
         exclude_ambiguous: drop nodules between the source's thresholds (else keep them with label NaN).
         soft_labels: train on the readers' consensus as a soft target ``(consensus - 1) / 4`` (rating 1 -> 0,
             5 -> 1) and keep the ambiguous nodules in training (target 0.5 for a mean rating of 3): the ratings
@@ -89,6 +91,7 @@ class LIDCDataModule(TaskDataModule):
         self,
         source: NoduleSource,
         test_source: NoduleSource | None = None,
+        training_source: NoduleSource | None = None,
         exclude_ambiguous: bool = True, soft_labels: bool = False,
         # the patient split
         val_fraction: float = 0.15, test_fraction: float = 0.15, seed: int = 0, folds: int | None = None,
@@ -102,8 +105,8 @@ class LIDCDataModule(TaskDataModule):
         batch_size: int = 16, num_workers: int = 0, pin_memory: bool = False,
     ) -> None:
         super().__init__(batch_size, num_workers, pin_memory)
-        self.source, self.test_source = source, test_source
-        for given in (source, test_source):
+        self.source, self.test_source, self.training_source = source, test_source, training_source
+        for given in (source, test_source, training_source):
             if given is not None:
                 check_cache(cache, cache_dir, given.root)
                 if cache == "disk" and given.in_memory:
@@ -132,6 +135,7 @@ class LIDCDataModule(TaskDataModule):
         self.bad = BadInputLog(skip_bad, f"LIDC {source.root}")
         self.records: list[dict] | None = None
         self.test_records: list[dict] = []
+        self.training_records: list[dict] = []
         self.splits: dict[str, list[dict]] = {}
 
     @property
@@ -184,6 +188,8 @@ class LIDCDataModule(TaskDataModule):
             by_patient = patient_folds(patients, self.folds, self.fold, self.fractions["val"], self.seed)
         self.splits = assign_records(scored, by_patient)
         self.splits["test"] += self.test_records
+        held_out = {r["patient_id"] for name in ("val", "test") for r in self.splits[name]}
+        self.splits["train"] += [r for r in self.training_records if r["patient_id"] not in held_out]
         if self.soft_labels:
             # ambiguous nodules train with their soft target, unless their patient validates or tests
             held_out = {r["patient_id"] for name in ("val", "test") for r in self.splits[name]}
@@ -203,6 +209,8 @@ class LIDCDataModule(TaskDataModule):
             self.test_records = labelled(self._read(self.test_source))  # scored on the 0/1 protocol
             check_patient_disjoint({"source": {r["patient_id"] for r in self.records},
                                     "test_source": {r["patient_id"] for r in self.test_records}})
+        if self.training_source is not None:
+            self.training_records = labelled(self._read(self.training_source))
         self._split()
 
     def _read(self, source: NoduleSource) -> list[dict]:

