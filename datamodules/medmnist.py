@@ -41,6 +41,10 @@ class MedMNISTDataModule(TaskDataModule):
             ``class_0``, ...
         image_size: side ``S`` the images are resized to (bilinear), pixels.
         augmentation: training augmentation; ``None`` trains without.
+        val_from_train: for a file without a test split (the shipped PneumoniaMNIST cut): test on the file's
+            validation split and validate on this share of the training images instead (drawn with ``seed``; MedMNIST
+            files carry no patient ids, so this split is by image). ``None``: the file's splits as they are.
+        seed: seed of that draw.
         batch_size: samples per batch.
         num_workers: loader worker processes.
         pin_memory: pin host memory for GPU copies.
@@ -53,6 +57,8 @@ class MedMNISTDataModule(TaskDataModule):
         class_names: list[str] | None = None,
         image_size: int = 64,
         augmentation: RadiographAugmentation | None = DEFAULT_AUGMENTATION,
+        val_from_train: float | None = None,
+        seed: int = 0,
         batch_size: int = 64,
         num_workers: int = 0,
         pin_memory: bool = False,
@@ -64,6 +70,9 @@ class MedMNISTDataModule(TaskDataModule):
         self.task_name, self.class_names = task_name, class_names
         self.image_size = image_size
         self.augmentation = augmentation
+        if val_from_train is not None and not 0 < val_from_train < 1:
+            raise ValueError(f"val_from_train must be in (0, 1), got {val_from_train}")
+        self.val_from_train, self.seed = val_from_train, seed
         self.arrays: dict[str, tuple[np.ndarray, np.ndarray]] | None = None
 
     @cached_property
@@ -94,6 +103,8 @@ class MedMNISTDataModule(TaskDataModule):
             return
         with np.load(self.npz) as npz:
             self.arrays = {s: load_split(npz, self.npz, s) for s in self.splits}
+        if self.val_from_train is not None:
+            self.arrays = self._validate_on_train(self.arrays)
         if "test" not in self.arrays:
             rank_zero_warn(f"{self.npz} has no test split: test() and predict() are unavailable")
         posts = {
@@ -104,6 +115,15 @@ class MedMNISTDataModule(TaskDataModule):
         datasets = {split: Dataset(self._records(split), posts[split]) for split in self.arrays}
         self.train_dataset, self.val_dataset = datasets["train"], datasets["val"]
         self.test_dataset = datasets.get("test")
+
+    def _validate_on_train(self, arrays: dict[str, tuple[np.ndarray, np.ndarray]]) -> dict:
+        """The file's validation split becomes the test split; ``val_from_train`` of the training images validate."""
+        if "test" in arrays:
+            raise ValueError(f"{self.npz} has a test split: val_from_train is for files without one")
+        images, labels = arrays["train"]
+        order = np.random.default_rng(self.seed).permutation(len(images))
+        val, train = order[: round(self.val_from_train * len(images))], order[round(self.val_from_train * len(images)):]
+        return {"train": (images[train], labels[train]), "val": (images[val], labels[val]), "test": arrays["val"]}
 
     def _records(self, split: str) -> list[dict]:
         """Records holding the resized ``uint8 [C, S, S]`` images (the in-memory cache of the deterministic part)."""

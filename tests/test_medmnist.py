@@ -136,3 +136,15 @@ def test_the_disease_head_learns_a_learnable_medmnist_signal(tmp_path, one_threa
     trainer = L.Trainer(**tiny_trainer_kwargs(tmp_path, max_epochs=3))
     trainer.fit(model, datamodule=dm)
     assert float(trainer.callback_metrics["val/disease/auroc"]) > 0.9
+
+
+def test_validation_from_train_turns_the_files_validation_into_the_test_split():
+    dm = MedMNISTDataModule(val_from_train=0.1, seed=3, image_size=28)
+    dm.setup("fit")
+    assert (len(dm.train_dataset), len(dm.val_dataset), len(dm.test_dataset)) == (4_707 - 471, 471, 524)
+    assert int(dm.labels("test").sum()) == 389  # the shipped validation split, untouched
+    assert int(dm.labels("train").sum()) + int(dm.labels("val").sum()) == 3_494
+    other = MedMNISTDataModule(val_from_train=0.1, seed=4, image_size=28)
+    other.setup("fit")
+    assert not np.array_equal(other.arrays["val"][0], dm.arrays["val"][0])  # another seed, other images
+    assert np.array_equal(other.arrays["test"][0], dm.arrays["test"][0])
