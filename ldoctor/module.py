@@ -125,6 +125,7 @@ class MultiTaskModule(L.LightningModule):
         self.net = MultiTaskNet(trunk_module, build_heads(self.task_specs, heads, trunk_module.out_features),
                                 channels_last)
         self.weighting = weighting(list(self.task_specs))
+        self.weighting.attach(self.net.trunk)
         self.task_losses = nn.ModuleDict(
             {n: task_losses.get(n, default_task_loss)(spec) for n, spec in self.task_specs.items()}
         )
@@ -264,6 +265,9 @@ class MultiTaskModule(L.LightningModule):
         for name, weight in self.weighting.weights().items():
             self.log(f"weights/{name}", weight, batch_size=batch_size)
         return total
+
+    def on_train_epoch_end(self) -> None:
+        self.weighting.epoch_end()
 
     # ----------------------------------------------------------------------------------- evaluation
     def task_for_dataloader(self, dataloader_idx: int) -> str:
