@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import gzip
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
+from PIL import Image
 
 from datamodules.chestxray14 import ChestXray14DataModule
-from ldoctor.datasets.nih import CHESTXRAY14_FINDINGS
+from ldoctor.datasets.nih import CHESTXRAY14_FINDINGS, NIH_DEMO
 from ldoctor.datasets.nih.records import (
     FINDINGS_COLUMN,
     PATIENT_COLUMN,
@@ -20,9 +23,11 @@ from ldoctor.datasets.nih.records import (
     patient_splits,
     read_label_table,
 )
+from ldoctor.errors import BadInput
 from ldoctor.evaluation.splits import check_patient_disjoint
 from ldoctor.losses import MaskedBCEWithLogits
-from tests.fixtures.nih import write_nih_dataset
+from tests.fixtures.nih import NIHDataset, write_nih_dataset
+from tests.helpers import ROOT
 
 DATA = Path(__file__).parent / "data" / "nih"
 REAL_TABLE = DATA / "Data_Entry_2017_v2020.csv.gz"
@@ -320,3 +325,136 @@ def test_in_memory_cache_gives_the_same_tensors_as_decoding(nih):
     with pytest.raises(RuntimeError) as error:  # MONAI wraps the loader's error: "applying transform ..."
         plain.val_dataset[0]  # the uncached dataset still needs the PNGs
     assert isinstance(error.value.__cause__, FileNotFoundError) and "image file not found" in str(error.value.__cause__)
+
+
+# ---------------------------------------------------------------------------------------------- shipped real folder
+#: Positive images per finding among the 837 shipped images, counted by hand from the official table
+#: (``zcat Data_Entry_2017_v2020.csv.gz | grep -F -f names | cut -d, -f2 | tr '|' '\n' | grep -cx FINDING``).
+SHIPPED_POSITIVES = {
+    "Atelectasis": 80, "Cardiomegaly": 78, "Effusion": 153, "Infiltration": 144, "Mass": 31, "Nodule": 34,
+    "Pneumonia": 9, "Pneumothorax": 39, "Consolidation": 36, "Edema": 30, "Emphysema": 33, "Fibrosis": 28,
+    "Pleural_Thickening": 22, "Hernia": 1,
+}
+
+
+def test_shipped_real_folder_facts(real_table):
+    """ldoctor/demo_data/nih-cxr14-64: 837 real 64 px PNGs of 203 patients and exactly their rows of the real table."""
+    root = Path(NIH_DEMO)
+    pngs = sorted((root / "images").glob("*.png"))
+    assert len(pngs) == 837 and not list(root.glob("*_list.txt"))  # no list files: seeded patient splits apply
+    assert (root / "README.md").is_file() and "Wang" in (root / "README.md").read_text()
+    table = read_label_table(root / "Data_Entry_2017_v2020.csv.gz")
+    assert list(table.columns) == list(real_table.columns)  # all 11 original columns
+    assert sorted(table["Image Index"]) == [p.name for p in pngs]
+    assert table[PATIENT_COLUMN].nunique() == 203
+    original = real_table[real_table["Image Index"].isin(table["Image Index"])].reset_index(drop=True)
+    pd.testing.assert_frame_equal(table, original)  # rows unchanged, in the original order
+    labels, bad = findings_matrix(table[FINDINGS_COLUMN])
+    assert bad == []
+    assert dict(zip(CHESTXRAY14_FINDINGS, labels.sum(axis=0).astype(int).tolist())) == SHIPPED_POSITIVES
+    assert int((table[FINDINGS_COLUMN] == "No Finding").sum()) == 404
+    assert table["View Position"].value_counts().to_dict() == {"PA": 523, "AP": 314}
+    for path in pngs[::50]:
+        with Image.open(path) as image:
+            assert image.mode == "L" and image.size == (64, 64)
+
+
+def test_shipped_folder_regenerates_byte_for_byte(tmp_path):
+    """tools/make_nih_subset.py cuts the same table (gzip without time stamp) and copies the same PNGs."""
+    root = Path(NIH_DEMO)
+    subprocess.run([sys.executable, str(ROOT / "tools" / "make_nih_subset.py"), "--images", str(root / "images"),
+                    "--table", str(REAL_TABLE), "--out", str(tmp_path / "cut")], check=True, capture_output=True)
+    table = "Data_Entry_2017_v2020.csv.gz"
+    assert (tmp_path / "cut" / table).read_bytes() == (root / table).read_bytes()
+    assert sorted(p.name for p in (tmp_path / "cut" / "images").iterdir()) == sorted(
+        p.name for p in (root / "images").iterdir())
+
+
+def test_shipped_folder_in_patient_grouped_folds_tests_every_image_once():
+    dm = ChestXray14DataModule(NIH_DEMO, image_size=64, folds=5, fold=0, val_fraction=0.2, seed=0)
+    tested: list[str] = []
+    for fold in range(5):
+        dm.select_fold(fold)
+        assert dm.protocol == f"fold {fold} of 5"
+        check_patient_disjoint(dm.patients)
+        assert all(dm.records[split] for split in ("train", "val", "test"))
+        assert sum(len(r) for r in dm.records.values()) == 837
+        tested += [r["id"] for r in dm.records["test"]]
+    assert len(tested) == 837 and len(set(tested)) == 837
+    patient_of = dict(zip(*read_label_table(Path(NIH_DEMO) / "Data_Entry_2017_v2020.csv.gz")[
+        ["Image Index", PATIENT_COLUMN]].to_numpy().T))
+    dm.select_fold(2)
+    assert dm.patient_ids("test") == [patient_of[r["id"]] for r in dm.records["test"]]
+
+
+# ---------------------------------------------------------------------------------------------- test root, folds
+def write_other_patients(root: Path, first_patient: int, num_patients: int, seed: int) -> NIHDataset:
+    """A synthetic NIH folder whose patients are numbered from ``first_patient`` (files renamed to match)."""
+    nih = write_nih_dataset(root, num_patients=num_patients, image_size=32, seed=seed, list_files=False)
+    table = nih.table.copy()
+    table[PATIENT_COLUMN] = table[PATIENT_COLUMN] + first_patient - 1
+    names = [f"{patient:08d}_{name[9:]}" for patient, name in zip(table[PATIENT_COLUMN], table["Image Index"])]
+    for old, new in zip(table["Image Index"], names):
+        (root / "images" / old).rename(root / "images" / new)
+    table["Image Index"] = names
+    table.to_csv(root / "Data_Entry_2017_v2020.csv", index=False)
+    return NIHDataset(root, table, nih.labels, [root / "images" / n for n in names], [], [])
+
+
+def test_test_root_trains_on_all_of_root_and_tests_all_of_the_test_root(nih, tmp_path):
+    other = write_other_patients(tmp_path / "other", first_patient=1001, num_patients=6, seed=7)
+    dm = _dm(nih.root, test_root=str(other.root), val_fraction=0.25)
+    dm.setup("fit")
+    assert dm.protocol == "test root" and not dm.official_split
+    # the root's list files are not used: every image of the root trains or validates
+    assert sorted(_ids(dm, "train") + _ids(dm, "val")) == sorted(nih.table["Image Index"])
+    assert _ids(dm, "test") == other.table["Image Index"].tolist()
+    assert dm.patients["test"] == set(other.table[PATIENT_COLUMN]) and dm.patients["val"]
+    check_patient_disjoint(dm.patients)
+    np.testing.assert_array_equal(dm.labels("test"), other.labels)  # the test root's own table
+    assert dm.patient_ids("test") == other.table[PATIENT_COLUMN].tolist()
+    batch = next(iter(dm.test_dataloader()))
+    assert batch["image"].shape == (len(batch["id"]), 3, 32, 32)
+
+
+def test_test_root_sharing_patients_is_refused(tmp_path):
+    train = write_other_patients(tmp_path / "train", first_patient=1, num_patients=12, seed=1)
+    test = write_other_patients(tmp_path / "test", first_patient=11, num_patients=5, seed=2)  # 11 and 12 in both
+    message = r"2 patients are in both .*train/Data_Entry_2017_v2020.csv and .*test/Data_Entry_2017_v2020.csv " \
+              r"\(e.g. \[11, 12\]\)"
+    with pytest.raises(BadInput, match=message):
+        _dm(train.root, test_root=str(test.root)).setup("fit")
+
+
+def test_folds_ignore_list_files_and_select_fold_equals_a_fresh_module(nih):
+    dm = _dm(nih.root, folds=3, fold=0, seed=5)
+    dm.setup("fit")
+    tested = []
+    for fold in range(3):
+        dm.select_fold(fold)
+        fresh = _dm(nih.root, folds=3, fold=fold, seed=5)
+        fresh.setup("fit")
+        assert {s: _ids(dm, s) for s in ("train", "val", "test")} == {s: _ids(fresh, s) for s in ("train", "val", "test")}
+        tested += _ids(dm, "test")
+    assert sorted(tested) == sorted(nih.table["Image Index"])  # not test_list.txt: every image, once
+    with pytest.raises(ValueError, match="folds >= 2"):
+        _dm(nih.root, folds=1)
+
+
+def test_pixels_are_the_raw_png_pixels_in_record_order(nih):
+    dm = _dm(nih.root, cache="memory")
+    dm.setup("fit")
+    pixels = dm.pixels("test")
+    assert pixels.dtype == np.uint8 and pixels.shape == (len(dm.records["test"]), 32, 32)
+    for row, record in zip(pixels, dm.records["test"]):
+        with Image.open(record["image"]) as image:
+            np.testing.assert_array_equal(row, np.asarray(image))
+    half = dm.pixels("val", image_size=16)
+    assert half.shape == (len(dm.records["val"]), 16, 16)
+
+
+def test_training_augmentation_is_reproducible_by_seed(nih):
+    first, second = _dm(nih.root, seed=3), _dm(nih.root, seed=3)
+    first.setup("fit")
+    second.setup("fit")
+    torch.testing.assert_close(first.train_dataset[0]["image"], second.train_dataset[0]["image"])

@@ -11,6 +11,11 @@ Expected under ``root`` (as released by the NIH Clinical Center, or as on Kaggle
   train/val/test split is drawn (:mod:`ldoctor.evaluation.splits`), with a warning that results are not
   comparable to the official split.
 
+:func:`read_nih_folder` reads and validates one folder (bad input fails here, naming the file and line);
+:func:`split_nih` splits it by patient: the official lists, a seeded split, patient-grouped K folds, or every image
+of the folder in train / validation with a separate test folder (:func:`check_disjoint_folders` refuses a patient
+in both). :func:`read_nih` is the first two in one call.
+
 Labels are the 14 findings in :data:`CHESTXRAY14_FINDINGS` order; ``No Finding`` is the all-zero row. No patient
 is ever in two splits (checked when the splits are built).
 """
@@ -27,7 +32,7 @@ import pandas as pd
 from lightning.pytorch.utilities import rank_zero_warn
 
 from ldoctor.errors import BadInput, BadInputLog
-from ldoctor.evaluation.splits import check_patient_disjoint, split_patients
+from ldoctor.evaluation.splits import check_patient_disjoint, patient_folds, split_patients
 from ldoctor.io.radiograph import check_png
 from ldoctor.tasks import TaskSpec
 
@@ -66,8 +71,9 @@ NO_FINDING = "No Finding"
 TRAIN_VAL_LIST = "train_val_list.txt"
 TEST_LIST = "test_list.txt"
 SPLITS = ("train", "val", "test")
-
-
+#: The shipped real NIH folder: 837 ChestX-ray14 PNGs at 64 x 64 of 203 patients and their table rows, no list
+#: files (``ldoctor/demo_data/nih-cxr14-64/README.md``).
+NIH_DEMO = str(Path(__file__).resolve().parents[2] / "demo_data/nih-cxr14-64")
 
 
 def disease_task(findings: Sequence[str] = CHESTXRAY14_FINDINGS) -> TaskSpec:
@@ -206,7 +212,13 @@ def official_test_names(root: Path, table_path: Path, known: set[str], bad: BadI
 
 
 def patient_splits(
-    table: pd.DataFrame, test_names: set[str] | None, val_fraction: float, test_fraction: float, seed: int
+    table: pd.DataFrame,
+    test_names: set[str] | None,
+    val_fraction: float,
+    test_fraction: float,
+    seed: int,
+    folds: int | None = None,
+    fold: int = 0,
 ) -> dict[str, pd.DataFrame]:
     """Patient-wise train/val/test rows of the (filtered) label table.
 
@@ -215,15 +227,23 @@ def patient_splits(
         test_names: official test images (``test_list.txt``); ``None`` draws a seeded test split of
             ``test_fraction`` of the patients. Validation takes ``val_fraction`` of the other patients.
         val_fraction: share of (train_val) patients in validation.
-        test_fraction: share of patients in test when ``test_names`` is ``None``.
+        test_fraction: share of patients in test when ``test_names`` and ``folds`` are ``None`` (0: no test split).
         seed: seed of the patient shuffle.
+        folds: patient-grouped K-fold cross-validation (:func:`~ldoctor.evaluation.splits.patient_folds`): the test
+            split is fold ``fold`` of ``folds`` over every patient, validation ``val_fraction`` of the others
+            (``test_names`` and ``test_fraction`` unused).
+        fold: the test fold (0-based) when ``folds`` is set.
     """
+    patients = sorted(set(table[PATIENT_COLUMN].tolist()))
+    if folds is not None:
+        by_patient = patient_folds(patients, folds, fold, val_fraction, seed)
+        return {name: table[table[PATIENT_COLUMN].isin(set(members))] for name, members in by_patient.items()}
     if test_names is None:
         fractions = {"train": (1 - test_fraction) * (1 - val_fraction), "val": (1 - test_fraction) * val_fraction,
                      "test": test_fraction}
-        by_patient = split_patients(sorted(set(table[PATIENT_COLUMN].tolist())), fractions, seed,
-                                    require_nonempty=False)  # read_nih names the filters that emptied a split
-        return {name: table[table[PATIENT_COLUMN].isin(set(patients))] for name, patients in by_patient.items()}
+        by_patient = split_patients(patients, fractions, seed,
+                                    require_nonempty=False)  # split_nih names the filters that emptied a split
+        return {name: table[table[PATIENT_COLUMN].isin(set(members))] for name, members in by_patient.items()}
     test_mask = table[IMAGE_COLUMN].isin(test_names).to_numpy()
     train_val = table[~test_mask]
     by_patient = split_patients(sorted(set(train_val[PATIENT_COLUMN].tolist())),
@@ -243,8 +263,8 @@ def filter_rows(table: pd.DataFrame, view_positions: Sequence[str] | None, max_f
 
 def image_records(rows: pd.DataFrame, labels: np.ndarray, images: dict[str, Path], root: Path, table: Path,
                   bad: BadInputLog) -> list[dict]:
-    """Records ``{"image": path, "label": float32 [14], "id": file name}`` of one split's rows; missing or truncated
-    images raise (or are skipped by ``bad``)."""
+    """Records ``{"image": path, "label": float32 [14], "id": file name}`` of the given rows, in their order; missing
+    or truncated images raise (or are skipped by ``bad``)."""
     records, missing, broken = [], [], []
     for name, row in zip(rows[IMAGE_COLUMN], rows["_row"]):
         path = images.get(name)
@@ -263,18 +283,157 @@ def image_records(rows: pd.DataFrame, labels: np.ndarray, images: dict[str, Path
 
 
 @dataclass
+class NIHFolder:
+    """One NIH folder read and validated (:func:`read_nih_folder`), not yet split.
+
+    Attributes:
+        root: the folder.
+        table_path: its label table.
+        rows: the rows kept after the filters and without bad labels, table order (``Image Index``,
+            ``Patient ID``, ``_row`` = row of the table file, ...): what the patient splitter sees.
+        records: ``{file name: record}`` of the rows whose image is usable, table order; a record is
+            ``{"image": path, "label": float32 [14], "id": file name}``.
+        test_names: the names of ``test_list.txt`` (validated); ``None`` without list files or when not read.
+        rows_read: rows of the label table before filtering.
+        filters: the filters applied, for messages.
+    """
+
+    root: Path
+    table_path: Path
+    rows: pd.DataFrame
+    records: dict[str, dict]
+    test_names: set[str] | None = None
+    rows_read: int = 0
+    filters: str = ""
+
+    @property
+    def patients(self) -> set[int]:
+        """Patient ids of :attr:`rows`."""
+        return set(self.rows[PATIENT_COLUMN].tolist())
+
+    @property
+    def patient_of(self) -> dict[str, int]:
+        """File name -> patient id, over :attr:`rows`."""
+        return dict(zip(self.rows[IMAGE_COLUMN], self.rows[PATIENT_COLUMN].tolist()))
+
+    def split_records(self, rows: pd.DataFrame) -> list[dict]:
+        """The usable records of ``rows`` (a selection of :attr:`rows`), in their order."""
+        return [self.records[name] for name in rows[IMAGE_COLUMN] if name in self.records]
+
+
+def read_nih_folder(
+    root: str | Path,
+    bad: BadInputLog,
+    view_positions: Sequence[str] | None = None,
+    max_follow_up: int | None = None,
+    lists: bool = True,
+) -> NIHFolder:
+    """Read and validate one NIH folder: its label table, its images and (with ``lists``) the official split lists.
+
+    Args:
+        root: the folder (label table, ``images/`` or ``images_*/images/``, optional list files).
+        bad: raises at the first bad input, or counts it (``skip_bad``).
+        view_positions: keep only these ``View Position`` values (upper case); ``None`` keeps all.
+        max_follow_up: keep only rows with ``Follow-up #`` <= this.
+        lists: read ``train_val_list.txt`` / ``test_list.txt`` when present; ``False`` ignores them (every image of
+            the folder is then split by patient, or is a test folder of its own).
+
+    Raises:
+        FileNotFoundError: no label table, a missing image, one list file without the other.
+        BadInput: a missing column, a bad row or file, an image in both list files.
+    """
+    root = Path(root)
+    table_path = find_label_table(root)
+    columns = [*REQUIRED_COLUMNS, *([VIEW_COLUMN] if view_positions else []),
+               *([FOLLOW_UP_COLUMN] if max_follow_up is not None else [])]
+    table = read_label_table(table_path, columns)
+    labels, bad_rows = findings_matrix(table[FINDINGS_COLUMN], table_path)
+    bad.report_all("bad label rows", [reason for _, reason in bad_rows])
+    table = table.assign(_row=np.arange(len(table)))
+    test_names = official_test_names(root, table_path, set(table[IMAGE_COLUMN]), bad) if lists else None
+    filtered = filter_rows(table[~np.isnan(labels).any(axis=1)], view_positions, max_follow_up)
+    records = image_records(filtered, labels, index_images(root), root, table_path, bad)
+    return NIHFolder(root, table_path, filtered, {r["id"]: r for r in records}, test_names, len(table),
+                     f"view_positions={list(view_positions) if view_positions else None}, max_follow_up={max_follow_up}")
+
+
+def check_disjoint_folders(train: NIHFolder, test: NIHFolder) -> None:
+    """Refuse a test folder that shares a patient with the training folder.
+
+    Raises:
+        BadInput: naming both tables, how many patients they share and up to five of them.
+    """
+    shared = sorted(train.patients & test.patients)
+    if shared:
+        raise BadInput(
+            f"{len(shared)} patients are in both {train.table_path} and {test.table_path} (e.g. {shared[:5]}); "
+            "the test folder must hold other patients than the training folder"
+        )
+
+
+@dataclass
 class NIHSplits:
-    """What :func:`read_nih` returns.
+    """What :func:`split_nih` (and :func:`read_nih`) return.
 
     Attributes:
         records: ``{"train" | "val" | "test": records}``.
         patients: the patient ids of each split.
         official: the test split is the official ``test_list.txt``.
+        protocol: how the test split was made: ``"official"``, ``"seeded"``, ``"fold k of K"`` or ``"test root"``.
     """
 
     records: dict[str, list[dict]]
     patients: dict[str, set[int]] = field(default_factory=dict)
     official: bool = False
+    protocol: str = ""
+
+
+def split_nih(
+    folder: NIHFolder,
+    val_fraction: float = 0.1,
+    test_fraction: float = 0.2,
+    seed: int = 0,
+    folds: int | None = None,
+    fold: int = 0,
+    test: NIHFolder | None = None,
+) -> NIHSplits:
+    """Split a read folder by patient into train / val / test records.
+
+    Args:
+        folder: the folder to split (:func:`read_nih_folder`).
+        val_fraction: share of the non-test patients in validation.
+        test_fraction: share of patients in a seeded test split (without lists, folds or ``test``).
+        seed: seed of the patient shuffles.
+        folds: patient-grouped K folds over every patient of ``folder`` (its list files unused); test = fold ``fold``.
+        fold: the test fold when ``folds`` is set.
+        test: a separate test folder (:func:`check_disjoint_folders` first): every image of ``folder`` trains or
+            validates and the test split is every image of ``test``.
+
+    Raises:
+        BadInput: an empty split (naming the filters and row counts). ValueError: a patient in two splits.
+    """
+    if test is not None:
+        rows = patient_splits(folder.rows, None, val_fraction, 0.0, seed)
+        rows["test"], protocol = test.rows, "test root"
+    else:
+        rows = patient_splits(folder.rows, folder.test_names, val_fraction, test_fraction, seed, folds, fold)
+        protocol = (f"fold {fold} of {folds}" if folds is not None else
+                    "seeded" if folder.test_names is None else "official")
+    if protocol == "seeded":
+        rank_zero_warn(f"{folder.root}: no {TRAIN_VAL_LIST} / {TEST_LIST}; using a seeded patient-wise split "
+                       f"(seed={seed}): results are NOT comparable to the official ChestX-ray14 test split")
+    records = {split: (test if split == "test" and test is not None else folder).split_records(r)
+               for split, r in rows.items()}
+    for split, kept in records.items():
+        if not kept:
+            source = test if split == "test" and test is not None else folder
+            raise BadInput(f"the ChestX-ray14 {split} split is empty ({source.filters}, val_fraction={val_fraction}; "
+                           f"{source.rows_read} rows in {source.table_path}, {len(source.rows)} after filters); "
+                           "expected at least one image")
+    patients = {split: set(r[r[IMAGE_COLUMN].isin({x["id"] for x in records[split]})][PATIENT_COLUMN].tolist())
+                for split, r in rows.items()}
+    check_patient_disjoint(patients)
+    return NIHSplits(records, patients, protocol == "official", protocol)
 
 
 def read_nih(
@@ -286,35 +445,14 @@ def read_nih(
     view_positions: Sequence[str] | None = None,
     max_follow_up: int | None = None,
 ) -> NIHSplits:
-    """Read and validate an NIH folder into patient-wise split records. Bad input raises here, before training.
+    """Read and validate an NIH folder into patient-wise split records (official lists when present, else a seeded
+    split). Bad input raises here, before training.
 
     Raises:
         FileNotFoundError: no label table, a missing image, one list file without the other.
         ValueError: a missing column, a bad row or file, an empty split, a patient in two splits.
     """
-    root = Path(root)
-    table_path = find_label_table(root)
-    columns = [*REQUIRED_COLUMNS, *([VIEW_COLUMN] if view_positions else []),
-               *([FOLLOW_UP_COLUMN] if max_follow_up is not None else [])]
-    table = read_label_table(table_path, columns)
-    labels, bad_rows = findings_matrix(table[FINDINGS_COLUMN], table_path)
-    bad.report_all("bad label rows", [reason for _, reason in bad_rows])
-    table = table.assign(_row=np.arange(len(table)))
-    test_names = official_test_names(root, table_path, set(table[IMAGE_COLUMN]), bad)
-    if test_names is None:
-        rank_zero_warn(f"{root}: no {TRAIN_VAL_LIST} / {TEST_LIST}; using a seeded patient-wise split (seed={seed}): "
-                       "results are NOT comparable to the official ChestX-ray14 test split")
-    filtered = filter_rows(table[~np.isnan(labels).any(axis=1)], view_positions, max_follow_up)
-    splits = patient_splits(filtered, test_names, val_fraction, test_fraction, seed)
-    images = index_images(root)
-    records = {split: image_records(rows, labels, images, root, table_path, bad) for split, rows in splits.items()}
-    for split, kept in records.items():
-        if not kept:
-            raise BadInput(f"the ChestX-ray14 {split} split is empty (view_positions={view_positions}, max_follow_up="
-                             f"{max_follow_up}, val_fraction={val_fraction}; {len(table)} rows in {table_path}, "
-                             f"{len(filtered)} after filters); expected at least one image")
-    kept_ids = {split: {r["id"] for r in kept} for split, kept in records.items()}
-    patients = {s: set(rows[rows[IMAGE_COLUMN].isin(kept_ids[s])][PATIENT_COLUMN]) for s, rows in splits.items()}
-    check_patient_disjoint(patients)
+    folder = read_nih_folder(root, bad, view_positions, max_follow_up)
+    splits = split_nih(folder, val_fraction, test_fraction, seed)
     bad.summary()
-    return NIHSplits(records, patients, test_names is not None)
+    return splits

@@ -1,0 +1,81 @@
+"""Cut an NIH-format ChestX-ray14 folder (``images/*.png`` + ``Data_Entry_2017_v2020.csv.gz``) for a set of PNGs.
+
+Regenerates the shipped ``ldoctor/demo_data/nih-cxr14-64/`` from the project's shared data folder:
+
+    python tools/make_nih_subset.py --images ../shared/data/nih-cxr14/images/nih1000_64 \
+        --table ../shared/data/nih-cxr14/Data_Entry_2017_v2020.csv.gz --out ldoctor/demo_data/nih-cxr14-64
+
+The PNGs are copied byte for byte. The label table keeps the header and, in the original order, exactly the
+rows of the copied images, each line as it is in the source (all 11 columns, no re-formatting of numbers); it is
+written with gzip ``mtime=0``, so the same inputs give the same bytes. No list files are written: the folder's
+readers draw a seeded patient split or patient-grouped folds (``ldoctor.evaluation.splits``). The README beside
+the data (licence, provenance) is not written by this tool.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import io
+import shutil
+from pathlib import Path
+
+TABLE_NAME = "Data_Entry_2017_v2020.csv.gz"
+
+
+def table_lines(table: Path, names: set[str]) -> list[str]:
+    """The header and the lines of ``table`` (``.csv`` or ``.csv.gz``) whose first field is in ``names``.
+
+    Raises:
+        ValueError: a name without a row, or a name listed twice in the table.
+    """
+    opener = gzip.open if table.suffix == ".gz" else open
+    with opener(table, "rt", newline="") as f:
+        lines = f.read().splitlines()
+    kept, seen = [lines[0]], set()
+    for number, line in enumerate(lines[1:], start=2):
+        name = line.split(",", 1)[0]
+        if name in names:
+            if name in seen:
+                raise ValueError(f"{table} line {number}: {name} is listed twice")
+            seen.add(name)
+            kept.append(line)
+    missing = sorted(names - seen)
+    if missing:
+        raise ValueError(f"{len(missing)} images have no row in {table} (e.g. {missing[:5]}); expected NIH file names")
+    return kept
+
+
+def write_subset(images: Path, table: Path, out: Path) -> tuple[int, int]:
+    """Copy ``images/*.png`` to ``out/images/`` and write their rows to ``out/Data_Entry_2017_v2020.csv.gz``.
+
+    Returns:
+        ``(images, patients)`` written.
+    """
+    pngs = sorted(p for p in images.iterdir() if p.suffix.lower() == ".png")
+    if not pngs:
+        raise FileNotFoundError(f"{images}: no PNG files; expected NIH ChestX-ray14 images (e.g. 00000001_000.png)")
+    lines = table_lines(table, {p.name for p in pngs})
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    for png in pngs:
+        shutil.copyfile(png, out / "images" / png.name)
+    buffer = io.BytesIO()
+    with gzip.GzipFile(filename="", mode="wb", fileobj=buffer, mtime=0) as f:
+        f.write(("\n".join(lines) + "\n").encode())
+    (out / TABLE_NAME).write_bytes(buffer.getvalue())
+    patient_column = lines[0].split(",").index("Patient ID")
+    return len(pngs), len({line.split(",")[patient_column] for line in lines[1:]})
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", required=True, type=Path, help="folder of NIH PNGs (e.g. shared nih1000_64/)")
+    parser.add_argument("--table", required=True, type=Path, help="the full Data_Entry_2017_v2020.csv[.gz]")
+    parser.add_argument("--out", default=Path("ldoctor/demo_data/nih-cxr14-64"), type=Path)
+    args = parser.parse_args()
+    n_images, n_patients = write_subset(args.images, args.table, args.out)
+    print(f"{args.out}: {n_images} images of {n_patients} patients, {TABLE_NAME} with their rows")
+
+
+if __name__ == "__main__":
+    main()
