@@ -8,6 +8,7 @@ are fitted on training nodules.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -41,6 +42,9 @@ class ImageModel:
         dropout: the classification head's dropout.
         threads: torch threads per training process.
         tta: average the predictions over in-plane flips of the views (:data:`TTA_FLIPS`).
+        real_steps: with training-only nodules (``LIDCDataModule.training_source``, e.g. virtual cases), cap each
+            epoch at the steps the real training nodules alone would take, so the optimiser budget is a real-only
+            run's.
     """
 
     trunk: str = "resnet18"
@@ -49,6 +53,7 @@ class ImageModel:
     dropout: float = 0.2
     threads: int = 1
     tta: bool = True
+    real_steps: bool = False
 
     def module(self, dm: L.LightningDataModule) -> MultiTaskModule:
         """A fresh tumor model: the trunk and a classification head, AdamW with a cosine schedule."""
@@ -68,12 +73,20 @@ class ImageModel:
         if fold is not None:
             dm.select_fold(fold)
         L.seed_everything(seed + 1000 * member, workers=True)
-        fitted = fit_best(self.module(dm), dm, out_dir, self.epochs, "val/tumor/auroc")
+        fitted = fit_best(self.module(dm), dm, out_dir, self.epochs, "val/tumor/auroc",
+                          limit_train_batches=self._real_batches(dm) if self.real_steps else None)
         flips = TTA_FLIPS if self.tta else ((),)
         test, val = (predict(fitted.module.net, "tumor", loader, flips=flips)
                      for loader in (dm.test_dataloader(), dm.val_dataloader()))
         return {"fold": fold, "member": member, "ids": test.ids, "prob": test.probs.tolist(), "val_ids": val.ids,
                 "val_prob": val.probs.tolist(), "best_score": fitted.best_score, "fit_seconds": fitted.seconds}
+
+
+    @staticmethod
+    def _real_batches(dm: L.LightningDataModule) -> int:
+        extra = {r["id"] for r in dm.training_records}
+        real = sum(r["id"] not in extra for r in dm.splits["train"])
+        return max(1, math.ceil(real / dm.batch_size))
 
 
 def record_features(dm: L.LightningDataModule, split: str, columns: Callable[[Sequence[dict]], np.ndarray]
