@@ -67,3 +67,26 @@ def test_multiclass_metrics_match_sklearn():
 def test_nothing_labelled_gives_none():
     spec = TaskSpec(name="t", kind="multilabel", num_outputs=2)
     assert prepare_for_metrics(spec, torch.zeros(3, 2), torch.full((3, 2), float("nan"))) is None
+
+
+def test_multilabel_macro_auroc_leaves_out_labels_without_both_classes():
+    """A finding absent from a split (no positive) or with only positives is left out of the macro mean, where
+    torchmetrics' macro average would score it 0; unknown (NaN) targets stay out of every label."""
+    rng = np.random.default_rng(3)
+    names = ["a", "b", "absent", "all_positive"]
+    task = TaskSpec("disease", "multilabel", 4, names)
+    target = rng.integers(0, 2, size=(40, 4)).astype(np.float32)
+    target[:, 2], target[:, 3] = 0.0, 1.0
+    target[rng.random((40, 4)) < 0.2] = np.nan
+    logits = rng.normal(size=(40, 4)).astype(np.float32) + 1.5 * np.nan_to_num(target)
+    metrics = task_metrics(task)
+    for rows in (slice(0, 17), slice(17, 40)):  # two batches: the states accumulate
+        metrics.update(*prepare_for_metrics(task, torch.tensor(logits[rows]), torch.tensor(target[rows])))
+    values = metrics.compute()
+    expected = []
+    for c in (0, 1):
+        known = ~np.isnan(target[:, c])
+        expected.append(roc_auc_score(target[known, c], logits[known, c]))
+    assert float(values["auroc"]) == pytest.approx(np.mean(expected), abs=1e-6)
+    assert float(values["auroc_labels"]) == 2
+    assert float(values["auroc_a"]) == pytest.approx(expected[0], abs=1e-6)

@@ -2,6 +2,8 @@
 
 Logged names are ``{split}/{task}/{metric}``: ``auroc`` (macro for multilabel/multiclass), ``accuracy``,
 ``f1``; binary tasks add ``sensitivity`` and ``specificity``; multilabel tasks add ``auroc_{class}`` per class.
+A multilabel ``auroc`` averages over the labels whose known targets hold both classes (:class:`DefinedMacroAUROC`;
+torchmetrics would count a label without positives as 0), and ``auroc_labels`` says how many that was.
 
 Inputs reach the metrics as probabilities with unknown labels removed (``prepare_for_metrics``):
 binary -> ``[N]`` probabilities and ``[N]`` int targets; multiclass -> ``[N, C]`` and ``[N]``;
@@ -14,6 +16,7 @@ from collections.abc import Callable
 
 import torch
 from torchmetrics import ClasswiseWrapper, MetricCollection
+from torchmetrics.utilities import dim_zero_cat
 from torchmetrics.classification import (
     BinaryAccuracy,
     BinaryAUROC,
@@ -34,6 +37,34 @@ IGNORE_INDEX = -1
 
 #: Config type of ``MultiTaskModule.metrics`` values: called with the task's spec.
 MetricsCallable = Callable[[TaskSpec], MetricCollection]
+
+
+class DefinedMacroAUROC(MultilabelAUROC):
+    """Macro AUROC over the labels where AUROC is defined: those whose known targets hold both classes.
+
+    ``MultilabelAUROC(average="macro")`` scores a label without a positive (or without a negative) as 0 and
+    averages it in, so a validation split where a rare finding is absent reads low by a constant; here such labels
+    are left out (NaN when none is defined). Exact AUROC only (no ``thresholds``).
+    """
+
+    def __init__(self, num_labels: int, ignore_index: int | None = None) -> None:
+        super().__init__(num_labels=num_labels, average=None, thresholds=None, ignore_index=ignore_index)
+
+    def defined(self) -> torch.Tensor:
+        """``[C]`` bool: the labels whose known targets so far hold both classes."""
+        target = dim_zero_cat(self.target)
+        return ((target == 1).sum(0) > 0) & ((target == 0).sum(0) > 0)
+
+    def compute(self) -> torch.Tensor:
+        per_label, defined = super().compute(), self.defined()
+        return per_label[defined].mean() if defined.any() else per_label.new_tensor(float("nan"))
+
+
+class DefinedLabelCount(DefinedMacroAUROC):
+    """How many labels :class:`DefinedMacroAUROC` averaged over (logged as ``auroc_labels``)."""
+
+    def compute(self) -> torch.Tensor:
+        return self.defined().sum().float()
 
 
 def task_metrics(task: TaskSpec) -> MetricCollection:
@@ -60,7 +91,8 @@ def task_metrics(task: TaskSpec) -> MetricCollection:
     kw = {"num_labels": c, "ignore_index": IGNORE_INDEX}
     return MetricCollection(
         {
-            "auroc": MultilabelAUROC(average="macro", **kw),
+            "auroc": DefinedMacroAUROC(**kw),
+            "auroc_labels": DefinedLabelCount(**kw),
             "accuracy": MultilabelAccuracy(average="micro", **kw),
             "f1": MultilabelF1Score(average="macro", **kw),
             "auroc_per_class": ClasswiseWrapper(
