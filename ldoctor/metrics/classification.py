@@ -16,7 +16,6 @@ from collections.abc import Callable
 
 import torch
 from torchmetrics import ClasswiseWrapper, MetricCollection
-from torchmetrics.utilities import dim_zero_cat
 from torchmetrics.classification import (
     BinaryAccuracy,
     BinaryAUROC,
@@ -30,6 +29,7 @@ from torchmetrics.classification import (
     MultilabelAUROC,
     MultilabelF1Score,
 )
+from torchmetrics.utilities import dim_zero_cat
 
 from ldoctor.tasks import TaskSpec
 
