@@ -14,7 +14,7 @@ shipped 837 real images at 64 px (``ldoctor/demo_data/nih-cxr14-64``). Three pro
 ``scored_findings``; the others are not scored (an AUROC on fewer positives says little). In cross-validation
 the rule counts the test images of all folds together (every image of the root, each scored by the model of the
 fold that held it out), and a finding's AUROC counts (positive, negative) pairs within a fold only
-(:func:`within_fold_auroc`: the folds' AUROCs weighted by their pairs), since each fold's models score on their
+(:func:`ldoctor.evaluation.multilabel.within_fold_auroc`: the folds' AUROCs weighted by their pairs), since each fold's models score on their
 own scale. That is ``test_macro_auroc``. Beside it: the mean over folds (``fold_mean_macro_auroc``, each fold's
 macro over the findings with enough positives in that fold's test split, listed per fold; with 5 folds of the
 shipped 837 images only a few findings qualify in every fold) and the AUROC over all pairs, across folds too
@@ -59,16 +59,21 @@ import lightning as L
 import numpy as np
 import pandas as pd
 import torch
-from scipy.stats import norm, rankdata
-from sklearn.linear_model import LogisticRegression
-from sklearn.preprocessing import StandardScaler
 
 from datamodules.chestxray14 import ChestXray14DataModule
 from datamodules.medmnist import PNEUMONIAMNIST_DEMO, MedMNISTDataModule
 from ldoctor.datasets.nih import CHESTXRAY14_FINDINGS
+from ldoctor.evaluation.baselines import pixel_baseline
 from ldoctor.evaluation.bootstrap import paired_bootstrap
 from ldoctor.evaluation.crossval import fold_mean
-from ldoctor.evaluation.delong import delong_paired
+from ldoctor.evaluation.multilabel import (
+    delong_within_folds,
+    macro_auroc,
+    pairs_in_every_column,
+    scored_findings,
+    with_folds,
+    within_fold_auroc,
+)
 from ldoctor.evaluation.prediction import predict
 from ldoctor.evaluation.report import write_result
 from ldoctor.evaluation.training import fit_best
@@ -100,131 +105,6 @@ PUBLISHED = {
 PUBLISHED_CAVEAT = ("measured on the full ChestX-ray14 data set (112,120 images at 1024 px, 30,805 patients) with "
                     "their own splits and the 2017 labels: context, not a like-for-like comparison")
 MONITOR = "val/disease/auroc"  # validation macro AUROC: the only checkpoint criterion
-
-
-# ------------------------------------------------------------------------------------------------ scores
-def within_fold_auroc(y_fold: np.ndarray, scores: np.ndarray) -> np.ndarray:
-    """AUROC per column counting only (positive, negative) pairs of the same fold: ``sum_k U_k / sum_k m_k n_k``.
-
-    ``U_k`` is fold ``k``'s Mann-Whitney count (midranks, ties one half), ``m_k`` / ``n_k`` its positives and
-    negatives: the chance that a positive outranks a negative of the same fold, i.e. the folds' AUROCs weighted by
-    their pairs. Each fold's model scores on its own scale, so pairs across folds are not compared (that would
-    penalise models whose scale drifts between folds). One fold: the ordinary AUROC, equal to scikit-learn's
-    ``roc_auc_score``; written out because the bootstrap calls it thousands of times (a multilabel
-    ``roc_auc_score`` takes ~16 ms here).
-
-    Args:
-        y_fold: ``[N, C + 1]``: 0/1 labels, and in the last column the fold of each row.
-        scores: ``[N, C]`` (or ``[N]`` when ``C = 1``).
-
-    Returns:
-        ``[C]`` AUROCs; NaN where no fold holds both classes.
-    """
-    labels, fold = np.asarray(y_fold[:, :-1], dtype=bool), y_fold[:, -1]
-    scores = np.asarray(scores, dtype=float).reshape(len(labels), -1)
-    wins, pairs = np.zeros(labels.shape[1]), np.zeros(labels.shape[1])
-    for k in np.unique(fold):
-        rows = fold == k
-        y, ranks = labels[rows], rankdata(scores[rows], axis=0)
-        positives = y.sum(axis=0)
-        wins += (ranks * y).sum(axis=0) - positives * (positives + 1) / 2.0
-        pairs += positives * (len(y) - positives)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(pairs > 0, wins / np.maximum(pairs, 1), np.nan)
-
-
-def macro_auroc(y_fold: np.ndarray, scores: np.ndarray) -> float:
-    """Mean over columns of :func:`within_fold_auroc` (the bootstrap's metric)."""
-    return float(np.mean(within_fold_auroc(y_fold, scores)))
-
-
-def pairs_in_every_column(y_fold: np.ndarray) -> bool:
-    """Whether every label column of ``y_fold [N, C + 1]`` has a positive and a negative in one fold."""
-    labels, fold = y_fold[:, :-1], y_fold[:, -1]
-    defined = np.zeros(labels.shape[1], dtype=bool)
-    for k in np.unique(fold):
-        positives = labels[fold == k].sum(axis=0)
-        defined |= (positives > 0) & (positives < (fold == k).sum())
-    return bool(defined.all())
-
-
-def with_folds(y: np.ndarray, folds: np.ndarray) -> np.ndarray:
-    """``[N, C + 1]``: labels ``[N, C]`` and the fold of each row as the last column (the metrics' input)."""
-    return np.column_stack([y, folds]).astype(float)
-
-
-def delong_within_folds(y: np.ndarray, a: np.ndarray, b: np.ndarray, folds: np.ndarray) -> float | None:
-    """Two-sided p of "A and B have the same AUROC" for one finding (``y``, ``a``, ``b``: ``[N]``).
-
-    DeLong's paired difference and its variance in every fold with at least 2 positives and 2 negatives, combined
-    with the folds' pair weights (folds hold different patients: independent). One fold: DeLong's own p. ``None``
-    when no fold qualifies. DeLong treats images as independent; images of one patient are not.
-    """
-    differences, variances, weights = [], [], []
-    for k in np.unique(folds):
-        rows = folds == k
-        positives = int(y[rows].sum())
-        if positives < 2 or rows.sum() - positives < 2:
-            continue
-        result = delong_paired(y[rows].astype(int), a[rows], b[rows])
-        differences.append(result.difference)
-        variances.append(result.std_error**2)
-        weights.append(positives * (rows.sum() - positives))
-    if not weights:
-        return None
-    w = np.asarray(weights, dtype=float) / sum(weights)
-    difference, std_error = float(w @ differences), float(np.sqrt(w**2 @ variances))
-    if std_error == 0:
-        return 1.0 if difference == 0 else 0.0
-    return float(2 * norm.sf(abs(difference) / std_error))
-
-
-def scored_findings(labels: np.ndarray, min_positives: int) -> list[int]:
-    """Columns of ``labels [N, 14]`` with at least ``min_positives`` positive images and one negative."""
-    positives = np.nansum(labels, axis=0)
-    return [c for c in range(labels.shape[1]) if positives[c] >= min_positives and positives[c] < len(labels)]
-
-
-# ------------------------------------------------------------------------------------------------ baseline
-def _fit_per_finding(x: np.ndarray, y: np.ndarray, c: float, x_eval: np.ndarray) -> np.ndarray:
-    """``[N_eval, C]`` probabilities of one L2 logistic regression per finding (inputs already standardised); a
-    finding without both classes in ``y`` gets its training rate."""
-    probs = np.tile(np.nanmean(y, axis=0), (len(x_eval), 1))
-    for d in range(y.shape[1]):
-        if 0 < y[:, d].sum() < len(y):
-            model = LogisticRegression(C=c, max_iter=2000).fit(x, y[:, d])
-            probs[:, d] = model.predict_proba(x_eval)[:, 1]
-    return probs
-
-
-def pixel_baseline(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_val: np.ndarray,
-                   x_test: np.ndarray, c_grid: list[float]) -> tuple[np.ndarray, dict]:
-    """Per-finding L2 logistic regression on standardised pixels, ``C`` chosen on validation, refitted on train +
-    validation.
-
-    Args:
-        x_train: ``[N, P]`` pixels (any scale); ``y_train``: ``[N, C]`` 0/1 findings.
-        x_val: ``[M, P]``; ``y_val``: ``[M, C]``: picks one ``C`` for all findings by macro AUROC over the findings
-            with both classes in training and validation.
-        x_test: ``[K, P]``.
-        c_grid: inverse L2 strengths to try.
-
-    Returns:
-        ``[K, C]`` test probabilities and ``{"c": chosen C, "val_macro_auroc": {C: score}}``.
-    """
-    scaler = StandardScaler().fit(x_train)
-    columns = [d for d in range(y_train.shape[1])
-               if 0 < y_train[:, d].sum() < len(y_train) and 0 < y_val[:, d].sum() < len(y_val)]
-    val_scores = {}
-    for c in c_grid:
-        probs = _fit_per_finding(scaler.transform(x_train), y_train[:, columns], c, scaler.transform(x_val))
-        one_fold = with_folds(y_val[:, columns], np.zeros(len(y_val)))
-        val_scores[c] = macro_auroc(one_fold, probs) if columns else float("nan")
-    best = max(c_grid, key=lambda c: -np.inf if np.isnan(val_scores[c]) else val_scores[c])
-    x_all, y_all = np.concatenate([x_train, x_val]), np.concatenate([y_train, y_val])
-    scaler = StandardScaler().fit(x_all)
-    probs = _fit_per_finding(scaler.transform(x_all), y_all, best, scaler.transform(x_test))
-    return probs, {"c": best, "val_macro_auroc": {str(c): v for c, v in val_scores.items()}}
 
 
 # ------------------------------------------------------------------------------------------------ transfer

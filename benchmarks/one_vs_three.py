@@ -58,6 +58,7 @@ from ldoctor.datasets.lidc import SliceStacks
 from ldoctor.datasets.nih import NIH_DEMO
 from ldoctor.evaluation.bootstrap import paired_bootstrap
 from ldoctor.evaluation.delong import delong_paired
+from ldoctor.evaluation.multilabel import macro_auroc, pairs_in_every_column, scored_findings, with_folds
 from ldoctor.evaluation.prediction import predict
 from ldoctor.evaluation.report import write_result
 from ldoctor.losses import DWA, DrugLoss, EqualWeighting, GradNorm, PCGrad, StaticWeighting, UncertaintyWeighting
@@ -176,14 +177,9 @@ def mean_jaccard(y: np.ndarray, probs: np.ndarray) -> float:
     return float(DrugJaccard().scores(predicted, torch.as_tensor(y, dtype=torch.float32)).double().mean())
 
 
-def macro_auroc(columns: list[int]) -> Callable[[np.ndarray, np.ndarray], float]:
-    def metric(y: np.ndarray, probs: np.ndarray) -> float:
-        return float(np.mean([roc_auc_score(y[:, c], probs[:, c]) for c in columns]))
-    return metric
-
-
-def every_column_has_both(columns: list[int]) -> Callable[[np.ndarray], bool]:
-    return lambda y: all(0 < y[:, c].sum() < len(y) for c in columns)
+def disease_columns(columns: list[int]) -> Callable[[np.ndarray], np.ndarray]:
+    """``y [N, 14]`` -> the scored findings' labels with one fold column (the multilabel metrics' input)."""
+    return lambda y: with_folds(y[:, columns], np.zeros(len(y)))
 
 
 def scorer(key: str, dm: TaskDataModule, y: np.ndarray) -> dict:
@@ -192,8 +188,10 @@ def scorer(key: str, dm: TaskDataModule, y: np.ndarray) -> dict:
         return {"metric": "mean_jaccard", "fn": mean_jaccard, "valid": None}
     if key == "disease":
         names = dm.task.class_names
-        columns = [c for c in range(len(names)) if y[:, c].sum() >= MIN_POSITIVES]
-        return {"metric": "macro_auroc", "fn": macro_auroc(columns), "valid": every_column_has_both(columns),
+        columns = scored_findings(y, MIN_POSITIVES)
+        one_fold = disease_columns(columns)
+        return {"metric": "macro_auroc", "fn": lambda y, p: macro_auroc(one_fold(y), p[:, columns]),
+                "valid": lambda y: pairs_in_every_column(one_fold(y)),
                 "scored": [names[c] for c in columns], "positives": {names[c]: int(y[:, c].sum()) for c in columns}}
     return {"metric": "auroc", "fn": roc_auc_score, "valid": lambda v: 0 < v.sum() < len(v)}
 
