@@ -26,7 +26,7 @@ from ldoctor.datasets.nih.records import (
 from ldoctor.errors import BadInput
 from ldoctor.evaluation.splits import check_patient_disjoint
 from ldoctor.losses import MaskedBCEWithLogits
-from tests.fixtures.nih import NIHDataset, write_nih_dataset
+from tests.fixtures.nih import write_nih_dataset, write_other_patients
 from tests.helpers import ROOT
 
 DATA = Path(__file__).parent / "data" / "nih"
@@ -388,19 +388,6 @@ def test_shipped_folder_in_patient_grouped_folds_tests_every_image_once():
 
 
 # ---------------------------------------------------------------------------------------------- test root, folds
-def write_other_patients(root: Path, first_patient: int, num_patients: int, seed: int) -> NIHDataset:
-    """A synthetic NIH folder whose patients are numbered from ``first_patient`` (files renamed to match)."""
-    nih = write_nih_dataset(root, num_patients=num_patients, image_size=32, seed=seed, list_files=False)
-    table = nih.table.copy()
-    table[PATIENT_COLUMN] = table[PATIENT_COLUMN] + first_patient - 1
-    names = [f"{patient:08d}_{name[9:]}" for patient, name in zip(table[PATIENT_COLUMN], table["Image Index"])]
-    for old, new in zip(table["Image Index"], names):
-        (root / "images" / old).rename(root / "images" / new)
-    table["Image Index"] = names
-    table.to_csv(root / "Data_Entry_2017_v2020.csv", index=False)
-    return NIHDataset(root, table, nih.labels, [root / "images" / n for n in names], [], [])
-
-
 def test_test_root_trains_on_all_of_root_and_tests_all_of_the_test_root(nih, tmp_path):
     other = write_other_patients(tmp_path / "other", first_patient=1001, num_patients=6, seed=7)
     dm = _dm(nih.root, test_root=str(other.root), val_fraction=0.25)

@@ -17,9 +17,8 @@ from ldoctor.datasets.nih import CHESTXRAY14_FINDINGS, disease_task
 from ldoctor.evaluation.delong import delong_paired
 from ldoctor.evaluation.scores import per_class_auroc
 from ldoctor.module import MultiTaskModule
-from tests.fixtures.nih import write_nih_dataset
+from tests.fixtures.nih import write_nih_dataset, write_other_patients
 from tests.helpers import ROOT, run_benchmark
-from tests.test_chestxray14 import write_other_patients
 
 #: Tiny, fast settings: resnet18 at 32 px, one epoch, few bootstrap draws.
 FAST = ["--trunk", "resnet18", "--image-size", "32", "--baseline-size", "32", "--epochs", "1", "--batch-size", "16",
