@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import zlib
+
 from lightning.pytorch.utilities import CombinedLoader
 
 from ldoctor.datamodule import LDoctorDataModule, TaskDataModule
 from ldoctor.tasks import TaskSpec, validate_tasks
 
 TRAIN_MODES = ("max_size_cycle", "min_size", "max_size")
+
+
+def task_seed(seed: int, task: str) -> int:
+    """The seed of ``task``'s mixing sampler: ``seed`` and the task's name (CRC-32), not its position among the
+    tasks mixed."""
+    return seed * 1_000_003 + zlib.crc32(task.encode())
 
 
 class MultiTaskDataModule(LDoctorDataModule):
@@ -31,7 +39,10 @@ class MultiTaskDataModule(LDoctorDataModule):
         batch_size: samples per step over all tasks when mixing (default: the sum of the task batch sizes).
         temperature: temperature of the size-based proportions.
         task_weights: explicit proportions (task -> weight, normalised); overrides ``temperature``.
-        seed: seed of the mixing samplers (their generators run on across epochs, so epochs differ).
+        seed: seed of the mixing samplers (their generators run on across epochs, so epochs differ). Each task's
+            sampler is seeded from ``seed`` and the task's name (:func:`task_seed`), so a task draws the same
+            samples in the same order whichever other tasks are mixed with it: a single-task model and the 1v3
+            model see the same batches of that task.
     """
 
     def __init__(
@@ -108,8 +119,8 @@ class MultiTaskDataModule(LDoctorDataModule):
         if self.steps_per_epoch is None:
             return CombinedLoader({n: dm.train_dataloader() for n, dm in self.datamodules.items()}, self.mode)
         loaders = {
-            n: self.datamodules[n].sampled_train_dataloader(self.steps_per_epoch, b, seed=self.seed + i)
-            for i, (n, b) in enumerate(self.mixing_batch_sizes().items())
+            n: self.datamodules[n].sampled_train_dataloader(self.steps_per_epoch, b, seed=task_seed(self.seed, n))
+            for n, b in self.mixing_batch_sizes().items()
         }
         return CombinedLoader(loaders, "max_size_cycle")
 

@@ -77,3 +77,21 @@ def test_mixed_epoch_trains_for_the_fixed_number_of_steps(tmp_path):
     trainer = L.Trainer(**tiny_trainer_kwargs(tmp_path, max_epochs=2, limit_val_batches=0))
     trainer.fit(model, datamodule=dm)
     assert trainer.global_step == 6
+
+
+def test_a_task_draws_the_same_batches_alone_or_mixed():
+    """Single-task and 1v3 comparisons rely on it: the disease batches do not depend on the other tasks mixed."""
+    def disease_ids(datamodules: dict) -> list[list[str]]:
+        dm = MultiTaskDataModule(datamodules, steps_per_epoch=6, task_weights={n: 4.0 for n in datamodules})
+        dm.setup("fit")
+        return [list(batch["disease"]["id"]) for batch, _, _ in dm.train_dataloader()]
+
+    def disease() -> SyntheticDiseaseDataModule:
+        return SyntheticDiseaseDataModule(num_train=1000, image_size=8, batch_size=4)
+
+    alone = disease_ids({"disease": disease()})
+    mixed_first = disease_ids({"tumor": SyntheticTumorDataModule(num_train=10, image_size=8, batch_size=4),
+                               "disease": disease()})
+    assert len(alone) == 6 and all(len(b) == 4 for b in alone)
+    assert mixed_first == alone
+    assert len({i for b in alone for i in b}) > 12  # drawn at random, not the first rows
