@@ -28,6 +28,11 @@ Weighting strategies on the same tasks, steps and seed (1v3 with ChestX-ray14): 
 sum to the task count; chosen from training labels before any training), ``uncertainty`` (Kendall et al., CVPR
 2018; the mission's default, reported as ``multi``), ``dwa``, ``gradnorm``, ``pcgrad``.
 
+The patient-bootstrap intervals cover the test patients, not training randomness: the 1v3 model's other tasks
+consume the random stream (dropout masks, initialisation), so even a task whose head never calls the trunk trains
+differently in it. ``--spread-tasks`` retrains single-task models with other seeds to show that spread beside the
+difference.
+
 The MIMIC-III demo has no images, so the drug head never calls the trunk: any drug difference comes from the
 shared optimisation (the weighting's scale on the drug loss), not from shared features.
 """
@@ -230,6 +235,19 @@ def compare(key: str, dm: TaskDataModule, single: dict, multi: dict, seed: int, 
     return out
 
 
+def seed_spread(key: str, dm: TaskDataModule, args: argparse.Namespace, seeds: int) -> dict:
+    """The single-task score of ``key`` retrained with ``seeds`` other training seeds (the data splits stay those
+    of ``--seed``): how far training randomness alone (initialisation, dropout, sample order) moves the score."""
+    values = []
+    for offset in range(1, seeds + 1):
+        run = train({key: dm}, "equal", argparse.Namespace(**{**vars(args), "seed": args.seed + offset}),
+                    f"single {key} seed {args.seed + offset}")
+        prediction = run["predictions"][key]
+        values.append(float(scorer(key, dm, prediction.labels)["fn"](prediction.labels, prediction.probs)))
+    return {"seeds": [args.seed + o for o in range(1, seeds + 1)], "values": values, "min": min(values),
+            "max": max(values), "std": float(np.std(values, ddof=1)) if seeds > 1 else 0.0}
+
+
 class StepTimer(L.Callback):
     """Wall seconds of every training step (batch start to batch end)."""
 
@@ -276,6 +294,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--time-trunks", default="resnet18,resnet50",
                    help="trunks whose 1v3 step time is measured for the record ('' = none)")
     p.add_argument("--save-checkpoints", help="write every model's last weights here (<model>_<weighting>.ckpt)")
+    p.add_argument("--spread-tasks", default="drug",
+                   help="comma-separated tasks whose single-task model is retrained with --spread-seeds other "
+                        "training seeds, to set the 1v3 difference beside training noise ('' = none)")
+    p.add_argument("--spread-seeds", type=int, default=5)
     p.add_argument("--save-predictions", help="write every model's test probabilities here (<model>_<weighting>.npz)")
     p.add_argument("--bootstrap-draws", type=int, default=2000, help="patient-bootstrap draws per interval")
     p.add_argument("--threads", type=int, default=2)
@@ -287,6 +309,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if unknown:
         p.error(f"unknown weightings {unknown}; choose from {list(WEIGHTINGS)}")
     args.weighting_list = sorted(set(names) | {DEFAULT_WEIGHTING}, key=list(WEIGHTINGS).index)
+    tasks = {"tumor", "disease", "drug"} | (set() if args.no_pneumonia else {"pneumonia"})
+    if set(filter(None, args.spread_tasks.split(","))) - tasks:
+        p.error(f"--spread-tasks must name tasks of this run, from {sorted(tasks)}")
     return args
 
 
@@ -299,6 +324,7 @@ def main(argv: list[str] | None = None) -> dict:
     timing = {t: step_seconds(modules, t, args) for t in args.time_trunks.split(",") if t}
     variants = ["tumor", "disease", "drug"] + ([] if args.no_pneumonia else ["pneumonia"])
     single = {k: train({k: modules[k]}, "equal", args, f"single {k}") for k in variants}
+    spread = {k: seed_spread(k, modules[k], args, args.spread_seeds) for k in args.spread_tasks.split(",") if k}
     three = ("tumor", "disease", "drug")
     runs = {w: train({k: modules[k] for k in three}, w, args, "1v3") for w in args.weighting_list}
     weighting_table = {
@@ -323,6 +349,7 @@ def main(argv: list[str] | None = None) -> dict:
         "per_task": default,
         "weightings": weighting_table,
         "single_seconds": {k: s["seconds"] for k, s in single.items()},
+        "single_seed_spread": spread,
         "trunk_step_seconds": timing,
     }
     if not args.no_pneumonia:
@@ -349,6 +376,9 @@ def main(argv: list[str] | None = None) -> dict:
         lines.append(f"{k:<24}{result['single'][k]['metric']:>14}{result['single'][k]['value']:>9.4f}"
                      f"{result['multi'][k]['value']:>9.4f}{d['difference']:>+12.4f} "
                      f"[{d['ci_low']:+.4f}, {d['ci_high']:+.4f}]")
+    for k, sp in spread.items():
+        lines.append(f"single {k} retrained with seeds {sp['seeds']}: {sp['min']:.4f} - {sp['max']:.4f} "
+                     f"(std {sp['std']:.4f})")
     lines.append("weightings (1v3 - single per task):")
     for w, row in weighting_table.items():
         lines.append(f"  {w:<12}" + "".join(f"{k} {c['multi']:.4f} ({c['difference']:+.4f})  "

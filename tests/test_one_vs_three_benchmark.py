@@ -23,6 +23,7 @@ def run(tmp_path_factory):
     out = tmp / "r.json"
     run_benchmark("one_vs_three.py", ["--epochs", "1", "--steps-per-epoch", "3", "--weightings", ",".join(WEIGHTINGS),
                                       "--no-pneumonia", "--time-trunks", "", "--bootstrap-draws", "50",
+                                      "--spread-tasks", "drug", "--spread-seeds", "2",
                                       "--threads", "1", "--save-predictions", str(tmp / "pred"), "--out", str(out)],
                   cwd=tmp, timeout=900)
     return json.loads(out.read_text()), tmp / "pred"
@@ -62,6 +63,11 @@ def test_json_holds_single_multi_difference_and_every_weighting(run):
         # every 1v3 model is compared with the same single-task models
         for task, c in row["tasks"].items():
             assert c["single"] == result["single"][task]["value"]
+    # the drug single-task model retrained with two other training seeds, on the same data split
+    spread = result["single_seed_spread"]["drug"]
+    assert spread["seeds"] == [1, 2] and len(spread["values"]) == 2
+    assert spread["min"] == min(spread["values"]) and spread["std"] == pytest.approx(np.std(spread["values"], ddof=1))
+    assert all(0 < v < 1 for v in spread["values"])
     # the disease score is over the findings with at least 5 positive test images, and says which
     disease = result["per_task"]["disease"]
     assert disease["scored"] and all(disease["positives"][n] >= 5 for n in disease["scored"])
