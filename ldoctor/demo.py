@@ -65,7 +65,7 @@ def data_lines(cli: LDoctorCLI) -> list[str]:
         member = cli.datamodule.member(task)
         source = getattr(member, "source", None)
         root = getattr(source, "root", None) or getattr(member, "root", None) or getattr(member, "mimic_dir", None)
-        lines.append(f"{'data ' + task + ':':<12}{type(member).__name__} reading {root}")
+        lines.append(f"{'data ' + task + ':':<14}{type(member).__name__} reading {root}")
     return lines
 
 
