@@ -23,7 +23,7 @@ lint: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=10
 
 # the inner loop: every test but those marked slow (multi-process DDP, crash-resume, benchmark runs)
 test-fast: $(STAMP)

@@ -31,10 +31,10 @@ def test_three_tasks_learn_on_one_trunk(tmp_path):
     module = MultiTaskModule(
         data.tasks, heads=heads, trunk="resnet18", optimizer=partial(torch.optim.AdamW, lr=2e-3, weight_decay=1e-4)
     )
-    trainer = L.Trainer(**tiny_trainer_kwargs(tmp_path, max_epochs=12, num_sanity_val_steps=0))
+    trainer = L.Trainer(**tiny_trainer_kwargs(tmp_path, max_epochs=8, num_sanity_val_steps=0))
     trainer.fit(module, datamodule=data)
     metrics = trainer.callback_metrics
-    assert trainer.global_step == 12 * 20
+    assert trainer.global_step == 8 * 20
     for task in ("tumor", "disease", "drug"):
         assert metrics[f"val/{task}/auroc"] > 0.9, (task, float(metrics[f"val/{task}/auroc"]))
     # the uncertainty weights moved away from their start (exp(-0) = 1)

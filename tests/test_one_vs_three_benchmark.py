@@ -14,7 +14,7 @@ from tests.helpers import run_benchmark
 
 pytestmark = pytest.mark.slow
 
-WEIGHTINGS = ["equal", "uncertainty", "pcgrad"]
+WEIGHTINGS = ["uncertainty", "pcgrad"]
 
 
 @pytest.fixture(scope="module")
