@@ -15,6 +15,7 @@ like-for-like comparison.
 from __future__ import annotations
 
 import argparse
+import re
 import tempfile
 import time
 from functools import partial
@@ -115,7 +116,8 @@ def run(args: argparse.Namespace) -> dict:
             trainer.test(model, datamodule=dm, ckpt_path=best.best_model_path, verbose=False)
             if dm.test_dataset is not None else []
         )
-        best_epoch = int(torch.load(best.best_model_path, map_location="cpu", weights_only=False)["epoch"])
+        # ModelCheckpoint's default file name, "epoch=E-step=S.ckpt": no need to unpickle the checkpoint
+        best_epoch = int(re.search(r"epoch=(\d+)", Path(best.best_model_path).name).group(1))
     return {
         "dataset": Path(args.npz).name,
         "train_samples": len(dm.train_dataset),
