@@ -2,21 +2,29 @@
 
 Two modes:
 
-1. **Raw MIMIC-III tables** (default: the shipped MIMIC-III demo, 82 patients / 107 admissions). For each of
-   ``--seeds`` patient-level splits (2/3 train, rest halved into test and validation, as SafeDrug), train
-   ``MultiTaskModule`` with only the ``drug`` task and score the test admissions beside three baselines fitted
-   on the same training patients: the ``k`` most frequent drugs (``k`` chosen for the best training Jaccard),
-   the previous admission's drugs (first admissions fall back to the top-``k`` set), and one-vs-rest logistic
-   regression on the multi-hot codes of the admissions so far. Reports mean +- std over seeds. Our head options
-   (``--wide``, ``--copy``, ``--wide-dropout``, ``--weight-decay``) each take one or more values: with several,
-   every combination is trained on the training patients and the one with the best VALIDATION Jaccard is
-   scored on the test patients (the test split is never used to choose).
-2. **SafeDrug / GAMENet processed records** (``--records records.json`` from ``ldoctor.datasets.mimic.safedrug``,
-   optional ``--ddi-pairs``): SafeDrug's split (file order), one training run, then 10 bootstrap draws (with
-   replacement) of 80% of the test patients with metrics averaged per patient then over patients, as in
-   SafeDrug's ``test`` routine; printed beside SafeDrug, MoleRec and COGNet's published MIMIC-III numbers.
+1. **Raw MIMIC-III tables, nested protocol** (default: the shipped MIMIC-III demo, 82 patients / 107 admissions).
+   A **locked test set** of patients, fixed by a hash of ``SUBJECT_ID`` (about 1/6, as SafeDrug's test share:
+   :func:`ldoctor.evaluation.splits.locked_test_patients`), is set aside before anything else and read once, at
+   the end. Every choice is made by patient-grouped cross-validation **inside the other patients**
+   (``--inner-folds``): each head candidate (every combination of ``--wide``, ``--copy``, ``--copy-combine``,
+   ``--wide-dropout``, ``--weight-decay``, ``--dropout`` and ``--epochs``) and each decision rule
+   (``--decision``) is scored on the out-of-fold validation admissions, and the best patient-mean Jaccard wins.
+   The chosen candidate is then trained on all non-locked patients and scored on the locked test once, beside
+   the baselines of :func:`ldoctor.evaluation.drugrec.baselines` fitted on the same patients (most frequent ``k``,
+   previous admission, logistic regression, the regression with the previous admission's drugs, and the hybrid
+   "copy the previous admission if there is one, else regress"). Reported: Jaccard averaged per patient then
+   over patients (SafeDrug's ``test`` routine; primary) and over admissions; our model at both decision rules;
+   a 95 % patient-bootstrap interval of ours minus each baseline on the locked test.
+2. **SafeDrug / GAMENet processed records** (``--records records.json`` from ``ldoctor.datasets.mimic.safedrug``):
+   SafeDrug's split (file order; candidates chosen on its validation split), one training run, then 10
+   bootstrap draws (with replacement) of 80% of the test patients with metrics averaged per patient then over
+   patients, as in SafeDrug's ``test`` routine; printed beside SafeDrug, MoleRec and COGNet's published
+   MIMIC-III numbers.
 
-Metrics follow SafeDrug (threshold 0.5): Jaccard, PRAUC, F1, DDI rate, mean number of drugs.
+Metrics follow SafeDrug: Jaccard, PRAUC, F1, mean number of drugs, and the DDI rate **only with a user-supplied
+interaction table** (``--ddi-pairs``: a CSV with columns ``atc3_a,atc3_b``, one interacting pair of ATC level-3
+classes per row, order and case free, or SafeDrug's ``ddi_A`` converted to ``.npz`` by
+``ldoctor.datasets.mimic.safedrug``); without one the DDI rate is unknown and printed as ``-``.
 
 Example:
     python benchmarks/drugrec.py --out drugrec.json
@@ -26,6 +34,7 @@ Example:
 from __future__ import annotations
 
 import argparse
+import hashlib
 import itertools
 import json
 import logging
@@ -35,6 +44,7 @@ import time
 import warnings
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import numpy as np
@@ -43,11 +53,12 @@ import torch
 from datamodules.mimic import MIMICDrugDataModule
 from ldoctor.datasets.mimic import DEMO_DIR
 from ldoctor.ddi import load_ddi_matrix
-from ldoctor.evaluation.bootstrap import patient_bootstrap_draws
-from ldoctor.evaluation.drugrec import METRICS, admission_scores, baselines, mean_std, summarise
+from ldoctor.evaluation.bootstrap import paired_bootstrap, patient_bootstrap_draws
+from ldoctor.evaluation.drugrec import METRICS, admission_scores, baselines, mean_std, patient_means, summarise
 from ldoctor.evaluation.prediction import predict
+from ldoctor.evaluation.splits import locked_test_patients
 from ldoctor.losses import DrugLoss, EqualWeighting
-from ldoctor.metrics.drug import DrugJaccard, DrugMetrics, predicted_sets
+from ldoctor.metrics.drug import EXPECTED_JACCARD, DrugMetrics, predicted_sets
 from ldoctor.models.heads import DrugHead
 from ldoctor.module import MultiTaskModule
 
@@ -87,11 +98,16 @@ PUBLISHED = {
 
 
 # ------------------------------------------------------------------------------------------- our model
+#: Keys of one head candidate (the options tuned inside the training patients).
+CANDIDATE_KEYS = ("wide", "copy", "copy_combine", "wide_dropout", "weight_decay", "dropout", "epochs")
+
+
 def train_model(dm: MIMICDrugDataModule, args: argparse.Namespace, seed: int, head: dict) -> MultiTaskModule:
-    """Fit ``MultiTaskModule`` with only the ``drug`` task (the image trunk stays unused).
+    """Fit ``MultiTaskModule`` with only the ``drug`` task (the image trunk stays unused) on ``dm``'s training
+    patients, for ``head["epochs"]`` epochs with no validation: nothing is chosen here.
 
     Args:
-        head: one candidate head setting ``{"wide", "copy", "copy_combine", "wide_dropout", "weight_decay"}``.
+        head: one candidate (:data:`CANDIDATE_KEYS`).
     """
     L.seed_everything(seed, workers=True, verbose=False)
     loss = partial(
@@ -101,7 +117,7 @@ def train_model(dm: MIMICDrugDataModule, args: argparse.Namespace, seed: int, he
         ddi_weight=args.ddi_weight,
         ddi_pairs=args.ddi_pairs if args.ddi_weight > 0 else None,
     )
-    drug_head = partial(DrugHead, embed_dim=args.embed_dim, hidden_dim=args.hidden_dim, dropout=args.dropout,
+    drug_head = partial(DrugHead, embed_dim=args.embed_dim, hidden_dim=args.hidden_dim, dropout=head["dropout"],
                         wide=head["wide"], copy=head["copy"], wide_dropout=head["wide_dropout"],
                         copy_combine=head["copy_combine"], prior_bias=args.prior_bias)
     model = MultiTaskModule(
@@ -113,22 +129,17 @@ def train_model(dm: MIMICDrugDataModule, args: argparse.Namespace, seed: int, he
         metrics={"drug": partial(DrugMetrics, ddi_pairs=args.ddi_pairs)},
         optimizer=partial(torch.optim.AdamW, lr=args.lr, weight_decay=head["weight_decay"]),
     )
-    trainer = L.Trainer(accelerator="cpu", devices=1, max_epochs=args.epochs, logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
-                        limit_val_batches=0, deterministic=True)
+    trainer = L.Trainer(accelerator="cpu", devices=1, max_epochs=head["epochs"], logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                        num_sanity_val_steps=0, limit_val_batches=0, deterministic=True)
     trainer.fit(model, datamodule=dm)
     return model
 
 
 def head_candidates(args: argparse.Namespace) -> list[dict]:
-    """Every combination of the ``--wide``, ``--copy``, ``--copy-combine``, ``--wide-dropout`` and
-    ``--weight-decay`` values."""
-    return [
-        {"wide": w, "copy": c, "copy_combine": m, "wide_dropout": p, "weight_decay": wd}
-        for w, c, m, p, wd in itertools.product(
-            args.wide, args.copy, args.copy_combine, args.wide_dropout, args.weight_decay
-        )
-    ]
+    """Every combination of the candidate options' values (:data:`CANDIDATE_KEYS`), in argument order."""
+    values = [getattr(args, key) for key in CANDIDATE_KEYS]
+    return [dict(zip(CANDIDATE_KEYS, combination)) for combination in itertools.product(*values)]
 
 
 def predict_split(model: MultiTaskModule, dm: MIMICDrugDataModule, split: str) -> tuple[torch.Tensor, ...]:
@@ -139,118 +150,207 @@ def predict_split(model: MultiTaskModule, dm: MIMICDrugDataModule, split: str) -
     return torch.from_numpy(out.probs).float(), torch.from_numpy(out.labels).float(), out.ids
 
 
-def select_on_validation(
-    dm: MIMICDrugDataModule, args: argparse.Namespace, seed: int
-) -> tuple[MultiTaskModule, dict, list[dict]]:
-    """Train every head candidate on the training patients; keep the best validation Jaccard (first on ties).
-
-    The test split is not looked at. With one candidate (or no validation patients) that one is kept.
-
-    Returns:
-        the chosen model, its candidate, and ``[{**candidate, "val_jaccard": ...}]`` for every candidate.
-    """
-    candidates = head_candidates(args)
-    if len(candidates) == 1 or dm.val_dataset is None or len(dm.val_dataset) == 0:
-        return train_model(dm, args, seed, candidates[0]), candidates[0], []
-    best, trials = None, []
-    for head in candidates:
-        model = train_model(dm, args, seed, head)
-        probs, target, _ = predict_split(model, dm, "val")
-        jaccard = float(DrugJaccard(args.decision).scores(probs, target).mean())
-        trials.append({**head, "val_jaccard": jaccard})
-        logging.info("seed %d candidate %s: val Jaccard %.4f", seed, head, jaccard)
-        if best is None or jaccard > best[0]:
-            best = (jaccard, model, head)
-    return best[1], best[2], trials
+def decision_name(decision: float | str) -> str:
+    return EXPECTED_JACCARD if decision == EXPECTED_JACCARD else f"threshold {decision:g}"
 
 
-def ours(
-    dm: MIMICDrugDataModule, args: argparse.Namespace, seed: int, ddi: torch.Tensor | None
-) -> tuple[dict[str, np.ndarray], list[str], dict, list[dict]]:
-    """Test scores of the head chosen on validation, test ids, that head and every candidate's val Jaccard."""
-    model, head, trials = select_on_validation(dm, args, seed)
-    probs, target, ids = predict_split(model, dm, args.score_split)
-    return admission_scores(predicted_sets(probs, args.decision), probs, target, ddi), ids, head, trials
+def parse_decision(value: str) -> float | str:
+    return value if value == EXPECTED_JACCARD else float(value)
 
 
-# ------------------------------------------------------------------------------------------- modes
-def datamodule(args: argparse.Namespace, split_seed: int | None) -> MIMICDrugDataModule:
+def subject(sample_id: str) -> str:
+    """The patient (``SUBJECT_ID``) of a ``"<subject_id>/<hadm_id>"`` sample id."""
+    return sample_id.split("/")[0]
+
+
+# ------------------------------------------------------------------------------------------- nested protocol
+def datamodule(args: argparse.Namespace, **split: Any) -> MIMICDrugDataModule:
+    """The cohort of ``args`` with the given split options (``locked_test``, ``folds``, ``val_share``, ...)."""
     dm = MIMICDrugDataModule(
         mimic_dir=args.mimic_dir,
         ndc_map=args.ndc_map,
         records=args.records,
         top_k_drugs=args.top_k_drugs,
         min_admissions=args.min_admissions,
-        split_seed=split_seed,
         batch_size=args.batch_size,
+        **split,
     )
     dm.setup("fit")
     return dm
 
 
-def run_splits(args: argparse.Namespace) -> dict:
-    """Mode 1: repeated patient-level splits, ours vs baselines (mean +- std over seeds)."""
-    runs: dict[str, list[dict[str, float]]] = {}
-    chosen, trials = [], []
-    by_type: dict[str, list[np.ndarray]] = {}
-    readmissions: list[np.ndarray] = []
-    cohort = None
-    for seed in args.seeds:
-        dm = datamodule(args, seed)
-        cohort = cohort or dm.stats.as_dict()
-        ddi = load_ddi_matrix(args.ddi_pairs, dm.drug_vocabulary) if args.ddi_pairs else None
-        scores, ids, head, seed_trials = ours(dm, args, seed, ddi)
-        chosen.append(head)
-        trials.append(seed_trials)
-        readmission = np.array([len(s["history"]) > 1 for s in dm.split_samples(args.score_split)])
-        assert ids == [s["id"] for s in dm.split_samples(args.score_split)]
-        runs.setdefault("ours", []).append(summarise(scores))
-        by_type.setdefault("ours", []).append(scores["jaccard"])
-        split_baselines = baselines(dm.split_samples("train"), dm.split_samples(args.score_split), dm.drug_vocabulary,
-                                    dm.code_vocabulary, ddi, args.decision)
-        for name, values in split_baselines.items():
-            runs.setdefault(name, []).append(summarise(values))
-            by_type.setdefault(name, []).append(values["jaccard"])
-        readmissions.append(readmission)
-        logging.info("seed %d: ours %s", seed, runs["ours"][-1])
-    table = {name: mean_std(r) for name, r in runs.items()}
-    best = max((n for n in table if n != "ours"), key=lambda n: table[n]["jaccard_mean"])
-    readmission = np.concatenate(readmissions)
-    admission_types = {
-        name: {
-            "first_admissions": float(np.concatenate(v)[~readmission].mean()) if (~readmission).any() else None,
-            "readmissions": float(np.concatenate(v)[readmission].mean()) if readmission.any() else None,
-        }
-        for name, v in by_type.items()
-    }
+def check_locked_out(dm: MIMICDrugDataModule, locked: set[str], where: str) -> None:
+    """Refuse to go on when a locked-test patient sits in ``dm``'s training or validation split."""
+    seen = {str(r["subject_id"]) for name in ("train", "val") for r in dm.splits[name]}
+    leaked = seen & locked
+    if leaked:
+        raise RuntimeError(f"{where}: {len(leaked)} locked-test patients reached training or validation "
+                           f"(e.g. {sorted(leaked)[:3]}); the nested protocol is broken")
+
+
+def locked_set(args: argparse.Namespace) -> tuple[set[str], list[str]]:
+    """The locked-test patients of the cohort and every patient, read from the locked-test DataModule."""
+    dm = MIMICDrugDataModule(mimic_dir=args.mimic_dir, ndc_map=args.ndc_map, top_k_drugs=args.top_k_drugs,
+                             min_admissions=args.min_admissions, locked_test=True)
+    dm.prepare()
+    everyone = sorted({str(r["subject_id"]) for rs in dm.splits.values() for r in rs})
+    locked = locked_test_patients(everyone)
+    assert locked == {str(r["subject_id"]) for r in dm.splits["test"]}
+    return locked, everyone
+
+
+def pooled_summary(scores: list[dict[str, np.ndarray]], ids: list[list[str]]) -> dict[str, float]:
+    """Jaccard over the pooled out-of-fold admissions: per patient then over patients, and per admission."""
+    jaccard = np.concatenate([s["jaccard"] for s in scores])
+    patients = [subject(i) for part in ids for i in part]
+    return {"jaccard_patient_mean": float(np.mean(patient_means(jaccard, patients)[1])),
+            "jaccard_admission_mean": float(np.mean(jaccard)), "admissions": len(jaccard),
+            "patients": len(set(patients))}
+
+
+def tune(args: argparse.Namespace, locked: set[str]) -> dict:
+    """Inner cross-validation over the non-locked patients: every head candidate and decision rule, and every
+    baseline, scored on the out-of-fold validation admissions. The locked test is never built into a split."""
+    candidates = head_candidates(args)
+    ours: dict[tuple[int, str], dict[str, list]] = {}
+    base: dict[str, dict[str, list]] = {}
+    for fold in range(args.inner_folds):
+        dm = datamodule(args, locked_test=True, folds=args.inner_folds, fold=fold, split_seed=args.seed)
+        check_locked_out(dm, locked, f"inner fold {fold}")
+        train, val = dm.split_samples("train"), dm.split_samples("val")
+        for c, head in enumerate(candidates):
+            model = train_model(dm, args, args.seed, head)
+            probs, target, ids = predict_split(model, dm, "val")
+            assert ids == [s["id"] for s in val]
+            for decision in args.decision:
+                entry = ours.setdefault((c, decision_name(decision)), {"scores": [], "ids": []})
+                entry["scores"].append(admission_scores(predicted_sets(probs, decision), probs, target, None))
+                entry["ids"].append(ids)
+            logging.info("inner fold %d candidate %s done", fold, head)
+        for name, values in baselines(train, val, dm.drug_vocabulary, dm.code_vocabulary, None,
+                                      EXPECTED_JACCARD if EXPECTED_JACCARD in args.decision else 0.5).items():
+            entry = base.setdefault(name, {"scores": [], "ids": []})
+            entry["scores"].append(values)
+            entry["ids"].append([s["id"] for s in val])
+    trials = [{**candidates[c], "decision": decision, **pooled_summary(e["scores"], e["ids"])}
+              for (c, decision), e in ours.items()]
+    best = max(trials, key=lambda t: t["jaccard_patient_mean"])  # first of ties, in candidate then decision order
+    baseline_cv = {name: pooled_summary(e["scores"], e["ids"]) for name, e in base.items()}
+    best_baseline = max(baseline_cv, key=lambda n: baseline_cv[n]["jaccard_patient_mean"])
+    return {"inner_folds": args.inner_folds, "seed": args.seed, "candidates": len(candidates),
+            "decisions": [decision_name(d) for d in args.decision], "trials": trials,
+            "chosen": {**{k: best[k] for k in CANDIDATE_KEYS}, "decision": best["decision"]},
+            "chosen_cv_jaccard_patient_mean": best["jaccard_patient_mean"],
+            "baselines_cv": baseline_cv, "best_baseline": best_baseline}
+
+
+def table_row(values: dict[str, np.ndarray], patients: list[str]) -> dict[str, float | None]:
+    """Every metric averaged per patient then over patients (``<metric>``) and over admissions
+    (``<metric>_admission_mean``)."""
+    by_patient, by_admission = summarise(values, patients=patients), summarise(values)
+    return {**by_patient, **{f"{k}_admission_mean": v for k, v in by_admission.items() if k != "ddi_rate"}}
+
+
+def locked_test_hash(locked: set[str]) -> str:
+    """sha256 of the sorted locked-test patient ids, one per line: names the locked set without listing it."""
+    return hashlib.sha256("\n".join(sorted(locked)).encode()).hexdigest()
+
+
+def nested(args: argparse.Namespace) -> dict:
+    """Mode 1: tune inside the non-locked patients, fit the chosen head on all of them, score the locked test once."""
+    locked, everyone = locked_set(args)
+    tuning = tune(args, locked)
+    chosen = tuning["chosen"]
+    dm = datamodule(args, locked_test=True, val_share=0.0, split_seed=args.seed)
+    check_locked_out(dm, locked, "final fit")
+    ddi = load_ddi_matrix(args.ddi_pairs, dm.drug_vocabulary) if args.ddi_pairs else None
+    model = train_model(dm, args, args.seed, {k: chosen[k] for k in CANDIDATE_KEYS})
+    probs, target, ids = predict_split(model, dm, "test")
+    test = dm.split_samples("test")
+    assert ids == [s["id"] for s in test] and {subject(i) for i in ids} == locked
+    patients = [subject(i) for i in ids]
+    chosen_rule = {decision_name(d): d for d in args.decision}[chosen["decision"]]
+    rows = {"ours": admission_scores(predicted_sets(probs, chosen_rule), probs, target, ddi)}
+    for decision in (0.5, EXPECTED_JACCARD):
+        rows[f"ours, {decision_name(decision)}"] = admission_scores(predicted_sets(probs, decision), probs, target, ddi)
+    rows.update(baselines(dm.split_samples("train"), test, dm.drug_vocabulary, dm.code_vocabulary, ddi,
+                          EXPECTED_JACCARD))
+    table = {name: table_row(values, patients) for name, values in rows.items()}
+    names = [n for n in rows if not n.startswith("ours")]
+    per_patient = {name: patient_means(values["jaccard"], patients)[1] for name, values in rows.items()}
+    order = patient_means(rows["ours"]["jaccard"], patients)[0]
+
+    def minus(name: str) -> dict:
+        return paired_bootstrap(np.zeros(len(order)), per_patient["ours"], per_patient[name], order,
+                                metric=lambda _, s: float(np.mean(s)), valid=None, draws=args.bootstrap_draws,
+                                seed=args.seed)
+
+    differences = {name: minus(name) for name in names}
+    best_on_test = max(names, key=lambda n: table[n]["jaccard"])
+    readmission = np.array([len(s["history"]) > 1 for s in test])
+    by_type = {name: {"first_admissions": float(v["jaccard"][~readmission].mean()) if (~readmission).any() else None,
+                      "readmissions": float(v["jaccard"][readmission].mean()) if readmission.any() else None}
+               for name, v in rows.items()}
+    cv_best = tuning["best_baseline"]
     return {
-        "mode": "splits",
-        "scored_split": args.score_split,
-        "seeds": list(args.seeds),
-        "jaccard_by_admission_type": {"first_admissions": int((~readmission).sum()),
-                                      "readmissions": int(readmission.sum()), **admission_types},
-        "cohort": cohort,
-        "table": table,
-        "jaccard_mean": table["ours"]["jaccard_mean"],
-        "jaccard_std": table["ours"]["jaccard_std"],
-        "best_baseline": best,
-        "best_baseline_jaccard_mean": table[best]["jaccard_mean"],
-        "per_seed": runs,
+        "mode": "nested",
+        "protocol": "nested",
+        "cohort": dm.stats.as_dict(),
+        "locked_test": {"patients": len(locked), "admissions": len(ids), "of_patients": len(everyone),
+                        "share": 1 / 6, "ids_sha256": locked_test_hash(locked),
+                        "rule": "ldoctor.evaluation.splits.locked_test_patients (sha256 of salt + SUBJECT_ID)"},
+        "training_patients": len({str(r["subject_id"]) for r in dm.splits["train"]}),
+        "tuning": tuning,
         "chosen_head": chosen,
-        "validation_trials": trials,
+        "table": table,
+        "jaccard_patient_mean": table["ours"]["jaccard"],
+        "jaccard_admission_mean": table["ours"]["jaccard_admission_mean"],
+        "best_baseline": cv_best,
+        "best_baseline_jaccard_patient_mean": table[cv_best]["jaccard"] if cv_best in table else None,
+        "ours_minus_best_baseline": differences.get(cv_best),
+        "best_baseline_on_test": best_on_test,
+        "ours_minus_best_baseline_on_test": differences[best_on_test],
+        "differences": differences,
+        "jaccard_by_admission_type": {"first_admissions": int((~readmission).sum()),
+                                      "readmissions": int(readmission.sum()), **by_type},
     }
+
+
+# ------------------------------------------------------------------------------------------- SafeDrug records
+def select_on_validation(
+    dm: MIMICDrugDataModule, args: argparse.Namespace, seed: int
+) -> tuple[MultiTaskModule, dict, list[dict]]:
+    """SafeDrug records: train every candidate on SafeDrug's training split, keep the best validation Jaccard
+    (per patient then over patients; first on ties) at the first ``--decision``. The test split is not read."""
+    candidates = head_candidates(args)
+    decision = args.decision[0]
+    if len(candidates) == 1 or dm.val_dataset is None or len(dm.val_dataset) == 0:
+        return train_model(dm, args, seed, candidates[0]), candidates[0], []
+    best, trials = None, []
+    for head in candidates:
+        model = train_model(dm, args, seed, head)
+        probs, target, ids = predict_split(model, dm, "val")
+        values = admission_scores(predicted_sets(probs, decision), probs, target, None)
+        jaccard = summarise(values, patients=[subject(i) for i in ids])["jaccard"]
+        trials.append({**head, "val_jaccard": jaccard})
+        if best is None or jaccard > best[0]:
+            best = (jaccard, model, head)
+    return best[1], best[2], trials
 
 
 def run_bootstrap(args: argparse.Namespace) -> dict:
     """Mode 2: SafeDrug protocol on processed records (file-order split, 10 x 80% bootstrap of the test set)."""
-    dm = datamodule(args, None)
+    dm = datamodule(args, split_seed=None)
     ddi = load_ddi_matrix(args.ddi_pairs, dm.drug_vocabulary) if args.ddi_pairs else None
-    scores, ids, head, trials = ours(dm, args, args.seeds[0], ddi)
-    patients = [i.split("/")[0] for i in ids]
+    model, head, trials = select_on_validation(dm, args, args.seed)
+    probs, target, ids = predict_split(model, dm, "test")
+    scores = admission_scores(predicted_sets(probs, args.decision[0]), probs, target, ddi)
+    patients = [subject(i) for i in ids]
     draws = [summarise(scores, rows, patients)
-             for rows in patient_bootstrap_draws(patients, args.bootstrap, 0.8, args.seeds[0])]
+             for rows in patient_bootstrap_draws(patients, args.bootstrap, 0.8, args.seed)]
     return {
         "mode": "bootstrap",
+        "protocol": "safedrug",
         "bootstrap": args.bootstrap,
         "test_patients": len(set(patients)),
         "test_admissions": len(ids),
@@ -259,17 +359,38 @@ def run_bootstrap(args: argparse.Namespace) -> dict:
         "table": {"ours": mean_std(draws)},
         "published": PUBLISHED,
         "jaccard_mean": mean_std(draws)["jaccard_mean"],
+        "ddi_table": args.ddi_pairs,
     }
 
 
+# ------------------------------------------------------------------------------------------- output
+def _cell(value: float | None, width: int = 10) -> str:
+    return f"{'-':>{width}}" if value is None else f"{value:>{width}.4f}"
+
+
 def print_table(result: dict) -> None:
-    header = f"{'method':<48}" + "".join(f"{m:>18}" for m in METRICS)
-    print(header)
+    if result["mode"] == "nested":
+        print(f"locked test: {result['locked_test']['patients']} patients, {result['locked_test']['admissions']} "
+              f"admissions (ids sha256 {result['locked_test']['ids_sha256'][:12]}); chosen inside the other "
+              f"{result['training_patients']} patients: {result['chosen_head']}")
+        print(f"{'method':<46}{'Jaccard/pt':>11}{'Jaccard/adm':>12}{'PRAUC':>10}{'F1':>10}{'DDI':>10}{'# drugs':>10}")
+        for name, row in result["table"].items():
+            print(f"{name:<46}{_cell(row['jaccard'], 11)}{_cell(row['jaccard_admission_mean'], 12)}"
+                  f"{_cell(row['prauc'])}{_cell(row['f1'])}{_cell(row['ddi_rate'])}{_cell(row['avg_drugs'])}")
+        for label, key in (("best baseline in tuning", "ours_minus_best_baseline"),
+                           ("best baseline on the test", "ours_minus_best_baseline_on_test")):
+            d = result[key]
+            if d is not None:
+                print(f"ours - {label}: {d['difference']:+.4f} [{d['ci95'][0]:+.4f}, {d['ci95'][1]:+.4f}] "
+                      f"(Jaccard per patient, 95 % patient bootstrap)")
+        return
+    print(f"{'method':<48}" + "".join(f"{m:>18}" for m in METRICS))
     for name, row in result["table"].items():
-        print(f"{name:<48}" + "".join(f"{row[m + '_mean']:>10.4f} +-{row[m + '_std']:.4f}" for m in METRICS))
+        print(f"{name:<48}" + "".join(f"{_cell(row[m + '_mean'])} +-{_cell(row[m + '_std'], 6)}" for m in METRICS))
     for name, row in result.get("published", {}).items():
-        cells = (f"{row[m]:>18.4f}" if row[m] is not None else f"{'-':>18}" for m in METRICS)
-        print(f"{name:<48}" + "".join(cells))
+        print(f"{name:<48}" + "".join(_cell(row[m], 18) for m in METRICS))
+    if result["table"]["ours"]["ddi_rate_mean"] is None:
+        print("DDI: no interaction table given (--ddi-pairs), so no DDI rate for ours")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -277,45 +398,45 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--mimic-dir", default=None, help=f"raw MIMIC-III tables (default: shipped demo {DEMO_DIR})")
     p.add_argument("--ndc-map", default=None, help="NDC -> ATC-3 CSV (default: shipped map)")
     p.add_argument("--records", default=None, help="records.json from ldoctor.datasets.mimic.safedrug (mode 2)")
-    p.add_argument("--ddi-pairs", default=None, help="ATC-3 interaction pairs CSV or ddi_A .npz")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
-    p.add_argument("--bootstrap", type=int, default=10, help="bootstrap draws in mode 2")
+    p.add_argument("--ddi-pairs", default=None,
+                   help="your interaction table: CSV with columns atc3_a,atc3_b (one interacting ATC-3 pair per row) "
+                        "or SafeDrug's ddi_A as .npz; without it no DDI rate is reported")
+    p.add_argument("--seed", type=int, default=0, help="inner-fold shuffle and training seed")
+    p.add_argument("--inner-folds", type=int, default=5, help="patient-grouped folds inside the non-locked patients")
+    p.add_argument("--bootstrap", type=int, default=10, help="bootstrap draws in mode 2 (SafeDrug: 10)")
+    p.add_argument("--bootstrap-draws", type=int, default=2000, help="draws of the locked-test difference intervals")
     p.add_argument("--top-k-drugs", type=int, default=None)
     p.add_argument("--min-admissions", type=int, default=1)
-    p.add_argument("--epochs", type=int, default=20)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--lr", type=float, default=1e-2)
-    p.add_argument("--weight-decay", type=float, nargs="+", default=[1e-2], help="AdamW weight decay (candidates)")
-    p.add_argument("--dropout", type=float, default=0.5)
     p.add_argument("--embed-dim", type=int, default=64)
     p.add_argument("--hidden-dim", type=int, default=64)
     p.add_argument("--pos-weight", type=float, default=1.0)
     p.add_argument("--margin-weight", type=float, default=0.0)
     p.add_argument("--ddi-weight", type=float, default=0.0)
-    p.add_argument("--prior-bias", action="store_true", help="initialise the head bias at the drug log-odds")
-    p.add_argument("--wide", nargs="+", default=["none"], choices=["none", "current", "all"],
-                   help="wide path of the head (candidates; chosen per seed on validation Jaccard)")
-    p.add_argument("--copy", nargs="+", default=["none"], choices=["none", "last", "all"],
-                   help="copy path of the head (candidates)")
-    p.add_argument("--copy-combine", nargs="+", default=["logit"], choices=["logit", "mixture"],
-                   help="copy gate added to the logits, or a probability mixture as COGNet (candidates)")
-    p.add_argument("--wide-dropout", type=float, nargs="+", default=[0.0], help="wide-input dropout (candidates)")
-    p.add_argument(
-        "--decision",
-        type=lambda v: v if v == "expected_jaccard" else float(v),
-        default=0.5,
-        help="our predicted set: drugs with probability >= this (SafeDrug: 0.5), or 'expected_jaccard' "
-        "(ldoctor.metrics.expected_jaccard_sets); the logistic regression is then also scored with it",
-    )
-    p.add_argument(
-        "--score-split",
-        default="test",
-        choices=["test", "val"],
-        help="split every method is scored on: test (the benchmark) or val (for choosing options; test unread; "
-        "with several head candidates the one chosen on val is then scored on the same val, optimistically)",
+    p.add_argument("--prior-bias", action=argparse.BooleanOptionalAction, default=True,
+                   help="initialise the head bias at the training drug log-odds")
+    tuned = p.add_argument_group("candidates (every combination is tried inside the training patients)")
+    tuned.add_argument("--epochs", type=int, nargs="+", default=[10, 20])
+    tuned.add_argument("--dropout", type=float, nargs="+", default=[0.5, 0.9], help="dropout of the deep read-out")
+    tuned.add_argument("--weight-decay", type=float, nargs="+", default=[1e-2], help="AdamW weight decay")
+    tuned.add_argument("--wide", nargs="+", default=["none", "current"], choices=["none", "current", "all"],
+                       help="wide path of the head")
+    tuned.add_argument("--copy", nargs="+", default=["none", "last"], choices=["none", "last", "all"],
+                       help="copy path of the head")
+    tuned.add_argument("--copy-combine", nargs="+", default=["mixture"], choices=["logit", "mixture"],
+                       help="copy gate added to the logits, or a probability mixture as COGNet")
+    tuned.add_argument("--wide-dropout", type=float, nargs="+", default=[0.0], help="wide-input dropout")
+    tuned.add_argument(
+        "--decision", type=parse_decision, nargs="+", default=[0.5, EXPECTED_JACCARD],
+        help="predicted set: drugs with probability >= a threshold (SafeDrug: 0.5), or 'expected_jaccard' "
+        "(ldoctor.metrics.drug.expected_jaccard_sets); each is tried in tuning, both are reported on the test",
     )
     p.add_argument("--out", default=None, help="write the result as JSON here")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.inner_folds < 2:
+        p.error(f"--inner-folds must be >= 2, got {args.inner_folds}")
+    return args
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -326,20 +447,15 @@ def main(argv: list[str] | None = None) -> dict:
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
     torch.set_num_threads(2)
     start = time.perf_counter()
-    result = run_bootstrap(args) if args.records is not None else run_splits(args)
+    result = run_bootstrap(args) if args.records is not None else nested(args)
     result.update(
         {
-            "command": " ".join(["python", "benchmarks/drugrec.py", *(argv or sys.argv[1:])]),
+            "command": " ".join(["python", "benchmarks/drugrec.py", *(argv if argv is not None else sys.argv[1:])]),
             "machine": f"{platform.machine()} CPU, {torch.get_num_threads()} threads, no GPU",
             "seconds": round(time.perf_counter() - start, 1),
         }
     )
     print_table(result)
-    if "best_baseline" in result:
-        print(
-            f"ours Jaccard {result['jaccard_mean']:.4f} vs best baseline ({result['best_baseline']}) "
-            f"{result['best_baseline_jaccard_mean']:.4f}"
-        )
     if args.out:
         Path(args.out).write_text(json.dumps(result, indent=2))
     return result

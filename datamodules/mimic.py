@@ -33,7 +33,7 @@ from ldoctor.datasets.mimic.records import (
 )
 from ldoctor.datasets.mimic.safedrug import load_records_json
 from ldoctor.errors import BadInputLog
-from ldoctor.evaluation.splits import locked_test_patients, split_patients
+from ldoctor.evaluation.splits import locked_test_patients, patient_folds, split_patients
 from ldoctor.tasks import TaskSpec
 
 log = logging.getLogger(__name__)
@@ -68,7 +68,13 @@ class MIMICDrugDataModule(TaskDataModule):
         locked_test: test on a locked set of patients instead (about 1/6, fixed by a hash of ``SUBJECT_ID``:
             :func:`ldoctor.evaluation.splits.locked_test_patients`), the same whatever the seed or the other options,
             so nothing tuned on the seeded train / validation splits of the rest ever sees them; the rest is split
-            4 : 1 into train and validation with ``split_seed``.
+            into train and validation with ``split_seed`` (``val_share`` of it validates), or into ``folds``.
+        val_share: with ``locked_test`` (and no ``folds``), the share of the non-locked patients that validates;
+            0 trains on all of them (a final fit after tuning).
+        folds: with ``locked_test``, patient-grouped cross-validation inside the non-locked patients: they are
+            dealt into ``folds`` groups (:func:`ldoctor.evaluation.splits.patient_folds`, seed ``split_seed``),
+            group ``fold`` validates and the others train. The locked test stays out of every fold.
+        fold: the validating group, ``0 <= fold < folds``.
         split_seed: seed of the patient shuffle before the 2/3 : 1/6 : 1/6 train/test/val split; ``None``
             keeps file order (SafeDrug's split of its processed records).
         image_size: side of the images, pixels.
@@ -84,7 +90,8 @@ class MIMICDrugDataModule(TaskDataModule):
         mimic_dir: str | None = None, ndc_map: str | None = None, records: str | None = None, images: str | None = None,
         # the cohort, its samples and its split
         top_k_drugs: int | None = None, min_admissions: int = 1, max_history: int | None = None,
-        history_drugs: bool = True, locked_test: bool = False, split_seed: int | None = 0,
+        history_drugs: bool = True, locked_test: bool = False, split_seed: int | None = 0, val_share: float = 0.2,
+        folds: int | None = None, fold: int = 0,
         # reading and loading
         image_size: int = 224, skip_bad: bool = False, batch_size: int = 16, num_workers: int = 0,
         pin_memory: bool = False,
@@ -94,6 +101,11 @@ class MIMICDrugDataModule(TaskDataModule):
             raise ValueError("MIMICDrugDataModule: give mimic_dir (raw CSVs) or records (records.json), not both")
         if min_admissions < 1:
             raise ValueError(f"min_admissions must be >= 1, got {min_admissions}")
+        if not 0 <= val_share < 1:
+            raise ValueError(f"val_share must be in [0, 1), got {val_share}")
+        if folds is not None and (not locked_test or folds < 2 or not 0 <= fold < folds):
+            raise ValueError(f"folds needs locked_test=True, folds >= 2 and 0 <= fold < folds; got locked_test="
+                             f"{locked_test}, folds={folds}, fold={fold}")
         if max_history is not None and max_history < 1:
             raise ValueError(f"max_history must be >= 1 or None, got {max_history}")
         self.mimic_dir = Path(mimic_dir) if mimic_dir is not None else (None if records else DEMO_DIR)
@@ -103,6 +115,7 @@ class MIMICDrugDataModule(TaskDataModule):
         self.top_k_drugs, self.min_admissions, self.max_history = top_k_drugs, min_admissions, max_history
         self.history_drugs = history_drugs
         self.split_seed, self.image_size, self.locked_test = split_seed, image_size, locked_test
+        self.val_share, self.folds, self.fold = val_share, folds, fold
         self.bad = BadInputLog(skip_bad, f"MIMIC-III {records or mimic_dir or DEMO_DIR}")
         self.stats: MimicStats | None = None
         self.splits: dict[str, list[dict]] | None = None
@@ -143,7 +156,12 @@ class MIMICDrugDataModule(TaskDataModule):
         if self.locked_test:
             locked = locked_test_patients(patients)
             rest = [p for p in patients if p not in locked]
-            split = split_patients(rest, {"train": 0.8, "val": 0.2}, self.split_seed, require_nonempty=False)
+            if self.folds is not None:
+                inner = patient_folds(rest, self.folds, self.fold, val_fraction=0.0, seed=self.split_seed or 0)
+                split = {"train": inner["train"] + inner["val"], "val": inner["test"]}
+            else:
+                split = split_patients(rest, {"train": 1 - self.val_share, "val": self.val_share}, self.split_seed,
+                                       require_nonempty=False)
             return {**split, "test": [p for p in patients if p in locked]}
         # the published SafeDrug rule; a seed shuffles with Python's ``random`` first, as the demo benchmark's splits
         return split_patients(patients, SAFEDRUG_FRACTIONS, self.split_seed, rounding="floor", shuffle="python",
@@ -216,6 +234,9 @@ class MIMICDrugDataModule(TaskDataModule):
             "code_vocabulary": list(self.code_vocabulary),
             "split_seed": self.split_seed,
             "locked_test": self.locked_test,
+            "val_share": self.val_share,
+            "folds": self.folds,
+            "fold": self.fold,
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:

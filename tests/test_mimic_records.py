@@ -242,3 +242,23 @@ def test_locked_test_patients_do_not_move_with_seeds_or_data():
     assert splits[0]["test"] == locked_test_patients(everyone)
     assert splits[0]["test"] == locked_test_patients(sorted(everyone)[:50]) | locked_test_patients(sorted(everyone)[50:])
     assert not (splits[0]["test"] & (splits[0]["train"] | splits[0]["val"]))
+
+
+def test_inner_folds_validate_every_non_locked_patient_once_and_never_touch_the_locked_test():
+    from datamodules.mimic import MIMICDrugDataModule
+
+    folds = []
+    for fold in range(3):
+        dm = MIMICDrugDataModule(locked_test=True, split_seed=5, folds=3, fold=fold)
+        dm.prepare()
+        folds.append({name: {r["subject_id"] for r in rs} for name, rs in dm.splits.items()})
+    locked = folds[0]["test"]
+    assert all(f["test"] == locked and not locked & (f["train"] | f["val"]) for f in folds)
+    rest = folds[0]["train"] | folds[0]["val"]
+    assert sorted(p for f in folds for p in f["val"]) == sorted(rest)  # each validates exactly once
+    assert all(f["train"] == rest - f["val"] for f in folds)
+    final = MIMICDrugDataModule(locked_test=True, val_share=0.0)
+    final.prepare()
+    assert {r["subject_id"] for r in final.splits["train"]} == rest and not final.splits["val"]
+    with pytest.raises(ValueError, match="folds needs locked_test=True"):
+        MIMICDrugDataModule(folds=3, fold=0)
