@@ -1,15 +1,19 @@
-"""PneumoniaMNIST: the ``disease`` trunk + head trained from scratch, selected on validation AUROC.
+"""PneumoniaMNIST: the ``disease`` trunk + head trained from scratch; the epoch chosen on validation, the test scored once.
 
 Trains ``MultiTaskModule`` (one binary ``disease`` task, pneumonia vs normal) under ``lightning.Trainer`` on a
-MedMNIST ``.npz``, keeps the epoch with the best ``val/disease/auroc`` and reports its validation metrics,
-plus test metrics when the file has a test split, beside the MedMNIST v2 published ResNet baselines.
+MedMNIST ``.npz``, keeps the epoch with the best validation AUROC and scores **that epoch** on a test split once.
+The headline is ``test_auroc``; the validation AUROC of the chosen epoch is the maximum over epochs on the split
+that chose it, so it is optimistic and reported only beside it (``selection_val_auroc``).
+
+- A file with a test split (the full MedMNIST ``pneumoniamnist.npz``): validation = the official val split,
+  test = the official test split (comparable with MedMNIST v2's published test numbers).
+- A file without one (the shipped cut, ``ldoctor/demo_data/pneumoniamnist``: official train 4,707 and val 524):
+  a seeded ``--val-from-train`` share of the training images validates (by image: MedMNIST has no patient ids)
+  and the official val split, never seen in training or selection, is the test. Published numbers are on the
+  official test split: context, not like for like.
 
     python benchmarks/pneumoniamnist.py --out pneumoniamnist.json
     python benchmarks/pneumoniamnist.py --npz /data/pneumoniamnist.npz --trunk resnet50 --image-size 128
-
-The shipped file (``ldoctor/demo_data/pneumoniamnist``) has the official train (4,707) and val (524) splits
-only; the official test split (624) is not included, so the published numbers (test split) are context, not a
-like-for-like comparison.
 """
 
 from __future__ import annotations
@@ -43,7 +47,7 @@ PUBLISHED = {
     "AutoKeras": (0.947, 0.878),
     "Google AutoML Vision": (0.991, 0.946),
 }
-TARGET_VAL_AUROC = 0.96
+TARGET_TEST_AUROC = 0.96
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -62,6 +66,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="torch intra-op threads (0 = torch's default). 1 by default: on a 2-core machine shared with other "
         "jobs, OpenMP threads of concurrent processes contend (measured here: 0.59 s vs 2.7 s per step)",
     )
+    p.add_argument("--val-from-train", type=float, default=0.1,
+                   help="without a test split in the file: this share of the training images validates (chooses the "
+                        "epoch) and the official val split is the test")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--limit-batches", type=int, default=None, help="batches per epoch and split (smoke runs only)")
     p.add_argument("--out", default=None, help="write the result table as JSON here")
@@ -89,8 +96,10 @@ def run(args: argparse.Namespace) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     L.seed_everything(args.seed, workers=True)
+    has_test = "test" in MedMNISTDataModule(npz=args.npz).splits
     dm = MedMNISTDataModule(
         npz=args.npz, class_names=["normal", "pneumonia"], image_size=args.image_size,
+        val_from_train=None if has_test else args.val_from_train, seed=args.seed,
         batch_size=args.batch_size, num_workers=args.num_workers,
     )
     model = MultiTaskModule(
@@ -112,27 +121,27 @@ def run(args: argparse.Namespace) -> dict:
         trainer.fit(model, datamodule=dm)
         train_seconds = time.perf_counter() - start
         val = trainer.validate(model, datamodule=dm, ckpt_path=best.best_model_path, verbose=False)
-        test = (
-            trainer.test(model, datamodule=dm, ckpt_path=best.best_model_path, verbose=False)
-            if dm.test_dataset is not None else []
-        )
+        test = trainer.test(model, datamodule=dm, ckpt_path=best.best_model_path, verbose=False)  # once
         # ModelCheckpoint's default file name, "epoch=E-step=S.ckpt": no need to unpickle the checkpoint
         best_epoch = int(re.search(r"epoch=(\d+)", Path(best.best_model_path).name).group(1))
     return {
         "dataset": Path(args.npz).name,
+        "protocol": "epoch chosen on validation AUROC; that epoch scored on the test split once",
+        "val_split": "official val" if has_test else f"{args.val_from_train:g} of official train (seed {args.seed})",
+        "test_split": "official test" if has_test else "official val (the file has no test split)",
         "train_samples": len(dm.train_dataset),
         "val_samples": len(dm.val_dataset),
-        "test_samples": len(dm.test_dataset) if dm.test_dataset is not None else 0,
+        "test_samples": len(dm.test_dataset),
         "trunk": args.trunk,
         "weights": args.weights or "none (from scratch)",
         "image_size": args.image_size,
         "epochs": args.epochs,
         "best_epoch": best_epoch,
-        "val_auroc": _metric(val, "val/disease/auroc"),
-        "val_accuracy": _metric(val, "val/disease/accuracy"),
+        "selection_val_auroc": _metric(val, "val/disease/auroc"),
+        "selection_val_accuracy": _metric(val, "val/disease/accuracy"),
         "test_auroc": _metric(test, "test/disease/auroc"),
         "test_accuracy": _metric(test, "test/disease/accuracy"),
-        "target_val_auroc": TARGET_VAL_AUROC,
+        "target_test_auroc": TARGET_TEST_AUROC,
         "train_seconds": round(train_seconds, 1),
         "published_test_auc_acc": PUBLISHED,
     }
@@ -141,15 +150,15 @@ def run(args: argparse.Namespace) -> dict:
 def format_table(result: dict) -> str:
     """Our numbers beside the published ones, as a Markdown table."""
     fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
+    name = f"ldoctor {result['trunk']} ({result['image_size']} px, scratch, epoch {result['best_epoch']})"
     lines = [
         "| model | split | AUROC | ACC |",
         "|---|---|---|---|",
-        f"| ldoctor {result['trunk']} ({result['image_size']} px, scratch, epoch {result['best_epoch']}) | val | "
-        f"{fmt(result['val_auroc'])} | {fmt(result['val_accuracy'])} |",
+        f"| **{name}** | **{result['test_split']}, scored once** | **{fmt(result['test_auroc'])}** | "
+        f"**{fmt(result['test_accuracy'])}** |",
+        f"| same, on the split that chose the epoch (optimistic) | {result['val_split']} | "
+        f"{fmt(result['selection_val_auroc'])} | {fmt(result['selection_val_accuracy'])} |",
     ]
-    if result["test_auroc"] is not None:
-        auc, acc = fmt(result["test_auroc"]), fmt(result["test_accuracy"])
-        lines.append(f"| ldoctor {result['trunk']} | test | {auc} | {acc} |")
     lines += [f"| {name} (MedMNIST v2) | test | {auc:.3f} | {acc:.3f} |" for name, (auc, acc) in PUBLISHED.items()]
     return "\n".join(lines)
 

@@ -15,6 +15,8 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
 from ldoctor.cli import LDoctorCLI
 
 REPO = Path(__file__).resolve().parents[1]
@@ -69,6 +71,23 @@ def data_lines(cli: LDoctorCLI) -> list[str]:
     return lines
 
 
+def unscored_lines(cli: LDoctorCLI) -> list[str]:
+    """For each multilabel task, which labels its macro AUROC left out: those without both a positive and a
+    negative validation sample, where AUROC is undefined (:class:`ldoctor.metrics.classification.DefinedMacroAUROC`)."""
+    lines = []
+    for task in cli.model.task_names:
+        spec, member = cli.model.task_specs[task], cli.datamodule.member(task)
+        if spec.kind != "multilabel" or not hasattr(member, "labels"):
+            continue
+        y = np.asarray(member.labels("val"), dtype=float)
+        undefined = [name for c, name in enumerate(spec.class_names)
+                     if not ((y[:, c] == 1).any() and (y[:, c] == 0).any())]
+        scored = len(spec.class_names) - len(undefined)
+        left_out = f"; left out (one class only in validation): {', '.join(undefined)}" if undefined else ""
+        lines.append(f"{task} auroc: macro over {scored} of {len(spec.class_names)} labels{left_out}")
+    return lines
+
+
 def main(argv: list[str] | None = None) -> LDoctorCLI:
     argv = sys.argv[1:] if argv is None else argv
     start = time.perf_counter()
@@ -82,6 +101,7 @@ def main(argv: list[str] | None = None) -> LDoctorCLI:
         f"ldoctor demo finished in {minutes:.1f} min ({cli.trainer.current_epoch} epochs, "
         f"{cli.trainer.global_step} steps). Validation, last epoch:",
         validation_table(metrics, cli.model.task_names),
+        *unscored_lines(cli),
         "",
         *data_lines(cli),
         *run_paths(cli),
