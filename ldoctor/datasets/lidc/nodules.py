@@ -249,7 +249,9 @@ def build_nodule_manifest(
         One dict per nodule: ``id``, ``patient_id``, ``series_uid``, ``nodule_index``, ``num_readers``,
         ``malignancy`` (list of ratings), ``texture`` (list), ``consensus`` (float), ``label`` (1.0 / 0.0 /
         NaN), ``center_px`` (``[column, row]``), ``center_z_mm``, ``diameter_mm``, ``volume_mm3`` and
-        ``num_slices`` (means over readers), ``annotation_ids``.
+        ``num_slices`` (means over readers), ``annotation_ids``, ``reader_volumes_mm3`` (each reader's outline
+        volume, in ``annotation_ids`` order), ``union_volume_mm3`` (voxels inside any reader's outline),
+        ``pixel_spacing_mm`` (``[column, row]``) and ``slice_spacing_mm`` (the scan's grid).
 
     Raises:
         KeyError: an annotation names a series missing from ``scans``.
@@ -282,6 +284,7 @@ def _nodule_record(
 ) -> dict:
     center = np.mean([g.center for g in geometries], axis=0)
     patient = scan.patient_id or members[0].patient_id
+    voxel_mm3 = scan.pixel_spacing[0] * scan.pixel_spacing[1] * scan.slice_spacing
     return {
         "id": f"{patient}/{scan.series_uid}/{index}",
         "patient_id": patient,
@@ -296,4 +299,8 @@ def _nodule_record(
         "volume_mm3": float(np.mean([g.volume_mm3 for g in geometries])),
         "num_slices": float(np.mean([g.num_slices for g in geometries])),
         "annotation_ids": [a.annotation_id for a in members],
+        "reader_volumes_mm3": [g.volume_mm3 for g in geometries],
+        "union_volume_mm3": float(len(set().union(*(g.voxels for g in geometries))) * voxel_mm3),
+        "pixel_spacing_mm": [float(s) for s in scan.pixel_spacing],
+        "slice_spacing_mm": float(scan.slice_spacing),
     }

@@ -203,3 +203,65 @@ def geometry_features(records: Sequence[dict]) -> np.ndarray:
     the contour-geometry regression baseline."""
     x = np.array([[r["volume_mm3"], r["diameter_mm"], r["num_slices"]] for r in records], dtype=float)
     return np.log1p(x.reshape(-1, 3))
+
+
+#: Groups of :data:`ORACLE_FEATURES`, by the rendering input they summarise (:mod:`ldoctor.datasets.lidc.phantom`):
+#: the outline geometry; the readers' mean texture rating, which sets the nodule's HU (``nodule_density``), with
+#: the all-solid indicator and texture bands (malignancy is not monotone in it: all-solid nodules are less often
+#: malignant than the others); the readers' agreement, which blends the nodule's edge (``reader_masks``: number of
+#: readers, spread of their outline volumes, mean share of readers over the union of their outlines); the scan's
+#: pixel grid the case is rendered on.
+ORACLE_GROUPS = {
+    "geometry": GEOMETRY_FEATURES,
+    "texture": ("texture_mean", "texture_all_solid", "texture_non_solid", "texture_part_solid"),
+    "agreement": ("num_readers", "reader_volume_cv", "reader_agreement"),
+    "grid": ("log_slice_spacing_mm", "log_pixel_spacing_mm"),
+}
+#: Columns of :func:`oracle_features`.
+ORACLE_FEATURES = tuple(name for group in ORACLE_GROUPS.values() for name in group)
+
+
+def oracle_features(records: Sequence[dict], groups: Sequence[str] = tuple(ORACLE_GROUPS)) -> np.ndarray:
+    """Every input the virtual-case renderer draws from, summarised per record, ``float [N, K]``
+    (:data:`ORACLE_FEATURES`; ``groups`` picks groups of :data:`ORACLE_GROUPS`, in that order): the rendering
+    oracle's inputs.
+
+    On virtual cases (:mod:`ldoctor.datasets.lidc.phantom`) the image is a function of the readers' outlines
+    (geometry, agreement), their mean texture rating and the scan's grid, plus noise and vessels drawn at random,
+    which carry no label information. A regression on these columns is therefore the ceiling an image model can be
+    held to on the phantoms, and ``image model AUROC / oracle AUROC`` measures the fidelity of the pipeline (how
+    much of what was rendered the model reads back); it is a reference on virtual cases, not clinical skill (on
+    real CT the texture rating and the readers' outlines are not what the scanner measures).
+
+    Columns:
+        ``geometry``: :func:`geometry_features`.
+        ``texture``: the readers' mean texture rating as the renderer takes it (a missing rating, stored as 0,
+        counts as 5, clipped to 1..5); 1 when all readers rate it solid (mean 5); 1 when non-solid (mean < 2);
+        1 when part solid (2 <= mean < 4) (mostly solid, 4 <= mean < 5, is the reference band).
+        ``agreement``: number of readers; coefficient of variation (population standard deviation / mean) of the
+        readers' outline volumes (0 for one reader); mean reader volume / volume of the union of the readers'
+        outlines (the mean agreement over the voxels the nodule covers; 1 when all readers outline the same voxels).
+        ``grid``: log slice spacing and log mean in-plane pixel spacing, mm.
+
+    Raises:
+        KeyError: a record without the reader-level keys of
+            :func:`~ldoctor.datasets.lidc.nodules.build_nodule_manifest` (e.g. from the slice or VOI layouts).
+        ValueError: an unknown group.
+    """
+    unknown = set(groups) - set(ORACLE_GROUPS)
+    if unknown:
+        raise ValueError(f"unknown oracle feature groups {sorted(unknown)}; known: {list(ORACLE_GROUPS)}")
+    columns = {"geometry": geometry_features(records)}
+    texture = np.array([float(np.clip(np.mean([t or 5 for t in r["texture"]]), 1, 5)) for r in records])
+    columns["texture"] = np.c_[texture, texture == 5, texture < 2, (texture >= 2) & (texture < 4)]
+    agreement = []
+    for r in records:
+        volumes = np.asarray(r["reader_volumes_mm3"], dtype=float)
+        mean = float(volumes.mean()) if len(volumes) else 0.0
+        cv = float(volumes.std() / mean) if mean > 0 else 0.0
+        share = mean / r["union_volume_mm3"] if r["union_volume_mm3"] > 0 else 1.0
+        agreement.append([r["num_readers"], cv, share])
+    columns["agreement"] = np.array(agreement, dtype=float).reshape(-1, 3)
+    columns["grid"] = np.log(np.array([[r["slice_spacing_mm"], np.mean(r["pixel_spacing_mm"])] for r in records],
+                                      dtype=float).reshape(-1, 2))
+    return np.concatenate([columns[g].astype(float) for g in groups], axis=1).reshape(len(records), -1)
