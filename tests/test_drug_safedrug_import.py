@@ -5,14 +5,18 @@ from __future__ import annotations
 import json
 import pickle
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from datamodules.mimic import MIMICDrugDataModule
-from ldoctor.datasets.mimic.safedrug import import_safedrug, load_pickle, load_records_json, main
+from ldoctor.datasets.mimic.safedrug import SafeDrugVoc, import_safedrug, load_pickle, load_records_json, main
 from ldoctor.ddi import load_ddi_matrix
+from ldoctor.errors import BadInput
 from tests.fixtures.mimic import write_synthetic_safedrug
+
+DATA = Path(__file__).parent / "data" / "safedrug"
 
 
 @pytest.fixture
@@ -59,23 +63,62 @@ def test_command_line_and_datamodule_on_converted_records(safedrug_dir, tmp_path
 
 
 def test_restricted_unpickler_refuses_code(tmp_path):
+    marker = tmp_path / "pwned"
+
     class Exploit:
         def __reduce__(self):
             import os
 
-            return (os.system, ("echo pwned",))
+            return (os.system, (f"touch {marker}",))
 
     (tmp_path / "evil.pkl").write_bytes(pickle.dumps(Exploit()))
-    with pytest.raises(pickle.UnpicklingError, match=r"global (posix|os|nt)\.system is not allowed"):
+    with pytest.raises(BadInput, match=r"evil.pkl: .*global (posix|os|nt)\.system is not allowed"):
         load_pickle(tmp_path / "evil.pkl", allow_pickle=True)
+    assert not marker.exists()
 
 
-def test_dill_written_vocabulary_needs_dill(tmp_path, monkeypatch):
-    """SafeDrug's voc_final.pkl stores its Voc class by value through dill's helpers."""
-    monkeypatch.setitem(sys.modules, "dill", None)  # as if dill were not installed
-    (tmp_path / "voc.pkl").write_bytes(b"\x80\x02cdill._dill\n_create_type\nq\x00.")
-    with pytest.raises(ModuleNotFoundError, match="written by dill .*pip install dill"):
-        load_pickle(tmp_path / "voc.pkl", allow_pickle=True)
+def _binunicode(text: str) -> bytes:
+    data = text.encode()
+    return b"X" + len(data).to_bytes(4, "little") + data
+
+
+def test_a_dill_name_no_longer_opens_an_unrestricted_loader(tmp_path):
+    """The old importer re-read any file that named a dill helper with unrestricted ``dill.loads``: a file naming
+    one and then ``os.system`` ran the command. Now the same restricted unpickler reads the whole file."""
+    marker = tmp_path / "pwned"
+    payload = (b"\x80\x02cdill._dill\n_load_type\n" + _binunicode("type") + b"\x85R0"  # a dill name, then
+               + b"cposix\nsystem\n" + _binunicode(f"touch {marker}") + b"\x85R.")  # os.system
+    (tmp_path / "evil.pkl").write_bytes(payload)
+    with pytest.raises(BadInput, match=r"global posix\.system is not allowed"):
+        load_pickle(tmp_path / "evil.pkl", allow_pickle=True)
+    assert not marker.exists()
+
+
+def test_a_function_built_from_the_file_cannot_be_called(tmp_path):
+    """dill stores methods as code objects; a file could build one and call it while loading. Both helpers are
+    answered with inert stand-ins, so the call is refused and no code object is ever made."""
+    marker = tmp_path / "pwned"
+    code_args = b"(" + b"".join(_binunicode(a) for a in ("import os", f"os.system('touch {marker}')")) + b"t"
+    payload = (b"\x80\x02cdill._dill\n_create_function\n"
+               + b"(cdill._dill\n_create_code\n" + code_args + b"R}" + _binunicode("f") + b"tR"  # f = function
+               + b")R.")  # f()
+    (tmp_path / "evil.pkl").write_bytes(payload)
+    with pytest.raises(BadInput, match="calls a function stored in the file"):
+        load_pickle(tmp_path / "evil.pkl", allow_pickle=True)
+    assert not marker.exists()
+
+
+def test_real_dill_written_vocabulary_loads_without_dill(monkeypatch):
+    """``tests/data/safedrug/voc_final_dill.pkl`` was written by ``dill.dump`` (dill 0.4) from a script defining
+    SafeDrug's ``Voc`` in ``__main__``, as SafeDrug's processing does: the class travels by value, its methods as
+    code objects. It loads without dill into plain vocabularies, and no stored method survives."""
+    monkeypatch.setitem(sys.modules, "dill", None)  # dill is not needed (nor importable)
+    voc = load_pickle(DATA / "voc_final_dill.pkl", allow_pickle=True)
+    assert {name: v.idx2word for name, v in voc.items()} == {
+        "diag_voc": {0: "4019", 1: "25000", 2: "41401"}, "med_voc": {0: "N02B", 1: "A02B"},
+        "pro_voc": {0: "3893", 1: "9604"}}
+    assert all(isinstance(v, SafeDrugVoc) and not hasattr(v, "add_sentence") for v in voc.values())
+    assert voc["med_voc"].word2idx == {"N02B": 0, "A02B": 1}
 
 
 def test_bad_record_ids_are_reported(tmp_path):

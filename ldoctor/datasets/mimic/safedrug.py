@@ -8,10 +8,12 @@ MIMIC-III access can convert them ONCE with this module and then compare on the 
 
 **Security.** Unpickling a file can execute arbitrary code. ``import_safedrug`` therefore refuses to run
 unless called with ``allow_pickle=True``, and even then it uses a restricted unpickler that only builds plain
-containers, numpy arrays and the vocabulary objects (any class named ``Voc`` is rebuilt as a plain
-``SafeDrugVoc``). Pickles written by ``dill`` with the vocabulary class stored by value need the ``dill``
-package and are loaded with ``dill`` (again only with ``allow_pickle=True``). Only import files you trust.
-After conversion, ldoctor reads only JSON and ``np.load(..., allow_pickle=False)``.
+containers, numpy arrays and the vocabulary objects; no unrestricted loader is ever used. SafeDrug writes
+``voc_final.pkl`` with ``dill``, which stores the ``Voc`` class by value (its methods as code objects); the
+unpickler answers dill's helpers with inert stand-ins: the class becomes a plain :class:`SafeDrugVoc` that keeps
+only the ``idx2word`` / ``word2idx`` state, a method becomes an object that refuses to be called, and no code
+object is ever built, so nothing in the file can run. ``dill`` is not needed. Only import files you trust; after
+conversion ldoctor reads only JSON and ``np.load(..., allow_pickle=False)``.
 
 Command line::
 
@@ -63,28 +65,76 @@ class SafeDrugVoc:
     word2idx: dict
 
 
+class _Inert:
+    """What a pickled function, code object or type reference becomes: a placeholder that refuses to be called, so
+    a file cannot build a function and then call it while it is being read."""
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+
+    def __call__(self, *args: object, **kwargs: object) -> None:
+        raise pickle.UnpicklingError(f"the file calls {self.what}, which a SafeDrug record file never does")
+
+
+def _dill_load_type(name: str) -> _Inert:
+    return _Inert(f"dill type {name!r}")
+
+
+def _dill_create_type(kind: object, name: str, bases: object, namespace: object) -> type:
+    """dill's by-value class: ``Voc`` becomes a fresh subclass of :class:`SafeDrugVoc` without its methods."""
+    if name != "Voc":
+        raise pickle.UnpicklingError(f"the file defines a class {name!r}; a SafeDrug record file defines only 'Voc'")
+    return type("Voc", (SafeDrugVoc,), {"__module__": __name__})
+
+
+def _dill_create_function(*args: object) -> _Inert:
+    return _Inert("a function stored in the file")
+
+
+def _dill_create_code(*args: object) -> None:
+    return None  # never built: a code object could only be run
+
+
+def _setattr_on_voc(target: object, name: str, value: object) -> None:
+    """dill sets ``__qualname__`` and the like on the class it rebuilt; only that, and only on such a class."""
+    if not (isinstance(target, type) and issubclass(target, SafeDrugVoc) and target is not SafeDrugVoc
+            and name in {"__qualname__", "__doc__", "__module__", "__slotnames__"}):
+        raise pickle.UnpicklingError(f"the file sets {name!r} on {target!r}, which a SafeDrug record file never does")
+
+
+#: What the unpickler answers for each global a SafeDrug file may name, beyond :data:`_SAFE_GLOBALS`.
+_STAND_INS = {
+    ("dill._dill", "_load_type"): _dill_load_type,
+    ("dill._dill", "_create_type"): _dill_create_type,
+    ("dill._dill", "_create_function"): _dill_create_function,
+    ("dill._dill", "_create_code"): _dill_create_code,
+    ("__builtin__", "__main__"): {},  # a stored function's globals: an empty namespace
+    ("builtins", "__main__"): {},
+    ("builtins", "setattr"): _setattr_on_voc,
+    ("__builtin__", "setattr"): _setattr_on_voc,
+}
+
+
 class _RestrictedUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str):  # noqa: ANN201 (pickle API)
         if name == "Voc":
             return SafeDrugVoc
+        if (module, name) in _STAND_INS:
+            stand_in = _STAND_INS[(module, name)]
+            return {} if isinstance(stand_in, dict) else stand_in
         if (module, name) in _SAFE_GLOBALS:
             return super().find_class(module, name)
-        if module.startswith("dill"):
-            raise _NeedsDill(module, name)
         raise pickle.UnpicklingError(f"global {module}.{name} is not allowed in a SafeDrug record file")
 
 
-class _NeedsDill(pickle.UnpicklingError):
-    pass
-
-
 def load_pickle(path: str | Path, allow_pickle: bool = False) -> object:
-    """Load one SafeDrug pickle with the restricted unpickler (``dill`` only when the file needs it).
+    """Load one SafeDrug pickle with the restricted unpickler (plain or ``dill``-written; never an unrestricted
+    loader).
 
     Raises:
         PermissionError: ``allow_pickle`` is not set.
-        pickle.UnpicklingError: the file references a global outside the allow-list (named in the message).
-        ModuleNotFoundError: the file needs ``dill``, which is not installed.
+        BadInput: the file names a global outside the allow-list, or tries to call what it stored (both named in
+            the message), or is not a readable pickle.
     """
     path = Path(path)
     if not allow_pickle:
@@ -92,15 +142,10 @@ def load_pickle(path: str | Path, allow_pickle: bool = False) -> object:
             f"{path}: loading a pickle can run arbitrary code; pass allow_pickle=True (--allow-pickle) only "
             "for files you trust, e.g. SafeDrug's published records"
         )
-    data = path.read_bytes()
     try:
-        return _RestrictedUnpickler(io.BytesIO(data)).load()
-    except _NeedsDill as err:
-        try:
-            import dill  # noqa: PLC0415 (optional dependency, only for dill-written vocabularies)
-        except ModuleNotFoundError:
-            raise ModuleNotFoundError(f"{path} was written by dill ({err}); `pip install dill` to import it") from None
-        return dill.loads(data)
+        return _RestrictedUnpickler(io.BytesIO(path.read_bytes())).load()
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError) as err:
+        raise BadInput(f"{path}: not a SafeDrug record file this importer can read safely ({err})") from None
 
 
 def _words(voc: object, name: str, path: Path) -> list[str]:
