@@ -120,8 +120,8 @@ def run(args: argparse.Namespace) -> dict:
         start = time.perf_counter()
         trainer.fit(model, datamodule=dm)
         train_seconds = time.perf_counter() - start
-        val = trainer.validate(model, datamodule=dm, ckpt_path=best.best_model_path, verbose=False)
-        test = trainer.test(model, datamodule=dm, ckpt_path=best.best_model_path, verbose=False)  # once
+        val = trainer.validate(model, datamodule=dm, ckpt_path=best.best_model_path, verbose=False, weights_only=True)
+        test = trainer.test(model, datamodule=dm, ckpt_path=best.best_model_path, verbose=False, weights_only=True)
         # ModelCheckpoint's default file name, "epoch=E-step=S.ckpt": no need to unpickle the checkpoint
         best_epoch = int(re.search(r"epoch=(\d+)", Path(best.best_model_path).name).group(1))
     return {

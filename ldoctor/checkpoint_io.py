@@ -51,3 +51,13 @@ def _fsync_dir(directory: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def checked_weights_only(weights_only: bool | None, path: object) -> bool:
+    """``True``, the only way ldoctor reads a checkpoint; an explicit ``False`` is refused, naming the path."""
+    if weights_only is False:
+        raise ValueError(
+            f"{path}: ldoctor reads checkpoints with weights_only=True only (a full unpickle can run code stored in "
+            "the file); an ldoctor checkpoint needs nothing more. Drop weights_only=false."
+        )
+    return True

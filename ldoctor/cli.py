@@ -3,7 +3,9 @@
 The task list is written once, in the data config: ``data.tasks`` is linked to ``model.tasks`` when the
 DataModule is instantiated. The optimizer and scheduler are injected into the module
 (``auto_configure_optimizers=False``), which builds its own parameter groups. Checkpoints are written
-atomically (``ldoctor.checkpoint_io.AtomicCheckpointIO``) unless the config sets ``trainer.plugins``.
+atomically (``ldoctor.checkpoint_io.AtomicCheckpointIO``) unless the config sets ``trainer.plugins``, and every
+``--ckpt_path`` is read with ``weights_only=True``, a local file or a URL alike: a checkpoint is tensors and plain
+values, never code (Lightning's own default unpickles a remote checkpoint in full, which can run code from it).
 
 From a notebook::
 
@@ -18,6 +20,7 @@ from typing import Any
 import lightning as L
 from lightning.pytorch.cli import LightningCLI
 
+from ldoctor.checkpoint_io import checked_weights_only
 from ldoctor.module import MultiTaskModule
 
 
@@ -34,6 +37,13 @@ class LDoctorCLI(LightningCLI):
 
     def add_arguments_to_parser(self, parser: Any) -> None:
         parser.link_arguments("data.tasks", "model.tasks", apply_on="instantiate")
+
+    def _prepare_subcommand_kwargs(self, subcommand: str) -> dict[str, Any]:
+        """The subcommand's arguments, with ``weights_only=True`` whatever the checkpoint path."""
+        kwargs = super()._prepare_subcommand_kwargs(subcommand)
+        if "weights_only" in self._subcommand_method_arguments[subcommand]:
+            kwargs["weights_only"] = checked_weights_only(kwargs.get("weights_only"), kwargs.get("ckpt_path"))
+        return kwargs
 
 
 def main(args: list[str] | None = None) -> LDoctorCLI:

@@ -14,6 +14,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 from torchmetrics import MetricCollection
 
+from ldoctor.checkpoint_io import checked_weights_only
 from ldoctor.config import factory_config, is_plain
 from ldoctor.datamodule import LDoctorDataModule
 from ldoctor.losses import TaskLoss, TaskLossCallable, UncertaintyWeighting, WeightingCallable, default_task_loss
@@ -181,6 +182,17 @@ class MultiTaskModule(L.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """A model loaded from a checkpoint (``load_from_checkpoint``, a resumed fit) has trained heads."""
         self._heads_trained = True
+
+    @classmethod
+    def load_from_checkpoint(  # type: ignore[override]
+        cls, checkpoint_path: Any, map_location: Any = None, hparams_file: Any = None, strict: bool | None = None,
+        weights_only: bool | None = True, **kwargs: Any,
+    ) -> MultiTaskModule:
+        """Lightning's ``load_from_checkpoint`` with ``weights_only=True`` whatever the path (a URL too): the file
+        is read as tensors and plain values, never as code. ``weights_only=False`` is refused."""
+        checked_weights_only(weights_only, checkpoint_path)
+        return super().load_from_checkpoint(checkpoint_path, map_location=map_location, hparams_file=hparams_file,
+                                            strict=strict, weights_only=True, **kwargs)
 
     # ----------------------------------------------------------------------------------- model access
     @property
