@@ -34,6 +34,7 @@ from ldoctor.datasets.lidc.records import labelled, tumor_task
 from ldoctor.datasets.lidc.source import NoduleSource
 from ldoctor.errors import BadInput, BadInputLog
 from ldoctor.evaluation.splits import assign_records, check_patient_disjoint, patient_folds, split_patients
+from ldoctor.io.ct import check_default_rescale
 from ldoctor.tasks import TaskSpec
 from ldoctor.transforms import ct
 from ldoctor.transforms.cache import CacheMode, cached_dataset, check_cache
@@ -85,6 +86,10 @@ class LIDCDataModule(TaskDataModule):
         batch_size: samples per batch.
         num_workers: loader worker processes.
         pin_memory: pin host memory.
+        default_rescale: ``(slope, intercept)`` the scanner used (e.g. ``[1, -1024]``), for DICOM series whose slices
+            lack ``RescaleSlope`` / ``RescaleIntercept``; ``None`` (default) refuses such a series when its volume is
+            read, naming the file, since the stored values are not HU without it (:mod:`ldoctor.io.ct`, "Rescale
+            rule"). A slice that states another rescale, or slope 0, is refused either way.
     """
 
     def __init__(
@@ -103,8 +108,10 @@ class LIDCDataModule(TaskDataModule):
         # reading and loading
         cache: CacheMode = "memory", cache_dir: str | None = None, skip_bad: bool = False,
         batch_size: int = 16, num_workers: int = 0, pin_memory: bool = False,
+        default_rescale: tuple[float, float] | None = None,
     ) -> None:
         super().__init__(batch_size, num_workers, pin_memory)
+        self.default_rescale = check_default_rescale(default_rescale)
         self.source, self.test_source, self.training_source = source, test_source, training_source
         for given in (source, test_source, training_source):
             if given is not None:
@@ -166,12 +173,14 @@ class LIDCDataModule(TaskDataModule):
     def _dataset(self, records: list[dict], train: bool) -> Dataset:
         radiomics = self.radiomics != "none"
         preprocess = ct.nodule_preprocess(self.patch["size_mm"], self.patch["spacing_mm"], self.patch["hu_window"],
-                                       radiomics)
+                                       radiomics, self.default_rescale)
         postprocess = ct.nodule_postprocess(self.augmentation if train else None, self.views, self.view_channels)
         items = [{"volume": r["volume"], "center_mm": r["center_mm"], "label": self._target(r, train).tolist(),
                   "id": r["id"]} for r in records]
         size, spacing, (low, high) = self.patch["size_mm"], self.patch["spacing_mm"], self.patch["hu_window"]
         folder = f"lidc_patches_{size:g}mm_{spacing:g}mm_{low:g}_{high:g}HU{'_radiomics' if radiomics else ''}"
+        if self.default_rescale is not None:  # other HU, other cubes
+            folder += "_rescale{:g}_{:g}".format(*self.default_rescale)
         return cached_dataset(items, preprocess, postprocess, self.cache,
                               self.cache_dir / folder if self.cache_dir is not None else None, self._cubes)
 

@@ -7,6 +7,12 @@ atomically (``ldoctor.checkpoint_io.AtomicCheckpointIO``) unless the config sets
 ``--ckpt_path`` is read with ``weights_only=True``, a local file or a URL alike: a checkpoint is tensors and plain
 values, never code (Lightning's own default unpickles a remote checkpoint in full, which can run code from it).
 
+Checkpoint folders are stable across runs, so that rerunning a command with ``--ckpt_path=last`` resumes it: a
+relative ``dirpath`` of a ``ModelCheckpoint`` in the config is taken under ``trainer.default_root_dir`` (the shipped
+configs write to ``<default_root_dir>/checkpoints``, not into a logger's new ``version_N`` folder), and when ``fit``
+starts the partial files of saves killed earlier are removed from those folders
+(:func:`ldoctor.checkpoint_io.remove_stale_partials`).
+
 From a notebook::
 
     from ldoctor.cli import LDoctorCLI
@@ -15,12 +21,16 @@ From a notebook::
 
 from __future__ import annotations
 
+import importlib
+import os
 from typing import Any
 
 import lightning as L
+from lightning.fabric.utilities.cloud_io import _is_local_file_protocol
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 
-from ldoctor.checkpoint_io import checked_weights_only
+from ldoctor.checkpoint_io import checked_weights_only, remove_stale_partials
 from ldoctor.module import MultiTaskModule
 
 
@@ -38,12 +48,51 @@ class LDoctorCLI(LightningCLI):
     def add_arguments_to_parser(self, parser: Any) -> None:
         parser.link_arguments("data.tasks", "model.tasks", apply_on="instantiate")
 
+    def before_instantiate_classes(self) -> None:
+        """A ``ModelCheckpoint``'s relative ``dirpath`` lives under ``trainer.default_root_dir`` (the working
+        directory when that is unset, as in Lightning): ``dirpath: checkpoints`` is one folder for every run of the
+        config, wherever ``--trainer.default_root_dir`` points, so ``--ckpt_path=last`` finds the last checkpoint."""
+        trainer = self._get(self.config, "trainer")
+        if trainer is None:
+            return
+        root = trainer.get("default_root_dir") or os.getcwd()
+        callbacks = trainer.get("callbacks") or []
+        for callback in callbacks if isinstance(callbacks, list) else [callbacks]:
+            init_args = callback.get("init_args") if hasattr(callback, "get") else None
+            dirpath = init_args.get("dirpath") if init_args is not None else None
+            if dirpath is None or not _is_local_file_protocol(str(dirpath)):
+                continue
+            dirpath = os.path.expanduser(os.fspath(dirpath))
+            if not os.path.isabs(dirpath) and _is_model_checkpoint(callback.get("class_path")):
+                init_args["dirpath"] = os.path.join(os.fspath(root), dirpath)
+
+    def before_fit(self) -> None:
+        """Remove the partial files killed saves left in the checkpoint folders (``.<name>.tmp-<pid>``)."""
+        if not self.trainer.is_global_zero:
+            return
+        for callback in self.trainer.checkpoint_callbacks:
+            dirpath = getattr(callback, "dirpath", None)
+            if dirpath is not None and _is_local_file_protocol(str(dirpath)):
+                remove_stale_partials(dirpath)
+
     def _prepare_subcommand_kwargs(self, subcommand: str) -> dict[str, Any]:
         """The subcommand's arguments, with ``weights_only=True`` whatever the checkpoint path."""
         kwargs = super()._prepare_subcommand_kwargs(subcommand)
         if "weights_only" in self._subcommand_method_arguments[subcommand]:
             kwargs["weights_only"] = checked_weights_only(kwargs.get("weights_only"), kwargs.get("ckpt_path"))
         return kwargs
+
+
+def _is_model_checkpoint(class_path: Any) -> bool:
+    """Whether a config's ``class_path`` names ``ModelCheckpoint`` or a subclass."""
+    if not isinstance(class_path, str) or "." not in class_path:
+        return False
+    module, _, name = class_path.rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError):
+        return False
+    return isinstance(cls, type) and issubclass(cls, ModelCheckpoint)
 
 
 def main(args: list[str] | None = None) -> LDoctorCLI:

@@ -63,7 +63,8 @@ class MultiTaskModule(L.LightningModule):
     Batches: training takes ``{task: task batch}`` (a ``CombinedLoader``) or a single task batch when the
     model has one task; validation/test/predict take one task batch per ``dataloader_idx`` in the order of the
     DataModule's ``tasks``. Logged: ``train/loss`` (weighted total), ``train/loss_unweighted``,
-    ``{split}/{task}/loss``, ``{split}/{task}/{metric}``, ``weights/{task}``, ``val/auroc_mean``.
+    ``{split}/{task}/loss``, ``{split}/{task}/{metric}``, ``weights/{task}``, ``val/auroc_mean`` (over the tasks
+    whose AUROC is defined: an AUROC on labels of one class only is NaN, left out, and warned about).
 
     Nothing here is specific to a task: heads, losses and metrics are injected per task, each with a default by
     the task's kind and input. What they need from the data comes through one hook, ``init_from_data``, called
@@ -336,7 +337,13 @@ class MultiTaskModule(L.LightningModule):
         return tuple(torch.cat([g[r, : int(n)] for r, n in enumerate(counts)]) for g in everyone)
 
     def _log_epoch_metrics(self, split: str) -> None:
-        aurocs = []
+        """Log each task's metrics and ``{split}/auroc_mean``, the mean over the tasks whose AUROC is defined.
+
+        An undefined AUROC (the task's labels hold one class only) is logged as NaN, left out of the mean, with a
+        warning naming the task (not for the few batches of the sanity check); the mean is NaN when no task's AUROC
+        is defined (``ModelCheckpoint`` ranks NaN last).
+        """
+        aurocs, undefined = [], []
         for name in self.task_names:
             key = f"{split}_{name}"
             gathered = self._gathered(name, self._eval_outputs.pop(key, []))
@@ -346,11 +353,18 @@ class MultiTaskModule(L.LightningModule):
             collection.update(*gathered)
             for metric, value in collection.compute().items():
                 self.log(f"{split}/{name}/{metric}", value, add_dataloader_idx=False)
-                if metric == "auroc" and not math.isnan(float(value)):
-                    aurocs.append(float(value))
+                if metric == "auroc":
+                    (undefined if math.isnan(float(value)) else aurocs).append((name, float(value)))
             collection.reset()
-        if aurocs:
-            self.log(f"{split}/auroc_mean", sum(aurocs) / len(aurocs), add_dataloader_idx=False)
+        sanity_check = self._trainer is not None and self.trainer.sanity_checking
+        for name, _ in [] if sanity_check else undefined:
+            rank_zero_warn(
+                f"{split}/{name}/auroc is undefined: the {split} labels of task {name!r} hold one class only (for "
+                f"several labels or classes: none holds both); logged as NaN and left out of {split}/auroc_mean"
+            )
+        if aurocs or undefined:
+            mean = sum(v for _, v in aurocs) / len(aurocs) if aurocs else float("nan")
+            self.log(f"{split}/auroc_mean", mean, add_dataloader_idx=False)
 
     def on_validation_epoch_end(self) -> None:
         self._log_epoch_metrics("val")

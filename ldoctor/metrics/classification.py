@@ -2,8 +2,11 @@
 
 Logged names are ``{split}/{task}/{metric}``: ``auroc`` (macro for multilabel/multiclass), ``accuracy``,
 ``f1``; binary tasks add ``sensitivity`` and ``specificity``; multilabel tasks add ``auroc_{class}`` per class.
-A multilabel ``auroc`` averages over the labels whose known targets hold both classes (:class:`DefinedMacroAUROC`;
-torchmetrics would count a label without positives as 0), and ``auroc_labels`` says how many that was.
+An AUROC is undefined where the targets hold one class only; torchmetrics scores that 0, here it is NaN (binary:
+:class:`DefinedBinaryAUROC`), a multiclass or multilabel ``auroc`` averages over the classes or labels where it is
+defined (:class:`DefinedMulticlassAUROC`, :class:`DefinedMacroAUROC`; NaN when none is), and ``auroc_labels`` says
+how many labels a multilabel ``auroc`` averaged over. ``MultiTaskModule`` leaves a NaN ``auroc`` out of
+``{split}/auroc_mean`` and warns, naming the task.
 
 Inputs reach the metrics as probabilities with unknown labels removed (``prepare_for_metrics``):
 binary -> ``[N]`` probabilities and ``[N]`` int targets; multiclass -> ``[N, C]`` and ``[N]``;
@@ -39,6 +42,51 @@ IGNORE_INDEX = -1
 MetricsCallable = Callable[[TaskSpec], MetricCollection]
 
 
+class DefinedBinaryAUROC(BinaryAUROC):
+    """Binary AUROC, NaN where it is undefined: targets of one class only (``BinaryAUROC`` returns 0 there).
+
+    Exact AUROC only (no ``thresholds``).
+    """
+
+    def __init__(self, max_fpr: float | None = None, ignore_index: int | None = None) -> None:
+        super().__init__(max_fpr=max_fpr, thresholds=None, ignore_index=ignore_index)
+
+    def defined(self) -> bool:
+        """Whether the known targets so far hold both classes."""
+        if not self.target:
+            return False
+        target = dim_zero_cat(self.target)
+        return bool((target == 1).any() and (target == 0).any())
+
+    def compute(self) -> torch.Tensor:
+        return super().compute() if self.defined() else torch.tensor(float("nan"), device=self.device)
+
+
+class DefinedMulticlassAUROC(MulticlassAUROC):
+    """Macro one-vs-rest AUROC over the classes where it is defined: those present among the targets and not the
+    only class present (``MulticlassAUROC(average="macro")`` scores an absent class 0 and averages it in); NaN when
+    none is. Exact AUROC only (no ``thresholds``).
+    """
+
+    def __init__(self, num_classes: int, ignore_index: int | None = None) -> None:
+        super().__init__(num_classes=num_classes, average=None, thresholds=None, ignore_index=ignore_index)
+
+    def defined(self) -> torch.Tensor:
+        """``[C]`` bool: the classes with both positives and negatives among the known targets so far."""
+        if not self.target:
+            return torch.zeros(self.num_classes, dtype=torch.bool, device=self.device)
+        target = dim_zero_cat(self.target)
+        target = target[target != self.ignore_index] if self.ignore_index is not None else target
+        counts = torch.bincount(target.long().clamp(min=0), minlength=self.num_classes)[: self.num_classes]
+        return (counts > 0) & (counts < len(target))
+
+    def compute(self) -> torch.Tensor:
+        defined = self.defined()
+        if not defined.any():
+            return torch.tensor(float("nan"), device=self.device)
+        return super().compute()[defined.to(self.device)].mean()
+
+
 class DefinedMacroAUROC(MultilabelAUROC):
     """Macro AUROC over the labels where AUROC is defined: those whose known targets hold both classes.
 
@@ -72,7 +120,7 @@ def task_metrics(task: TaskSpec) -> MetricCollection:
     if task.kind == "binary":
         return MetricCollection(
             {
-                "auroc": BinaryAUROC(),
+                "auroc": DefinedBinaryAUROC(),
                 "accuracy": BinaryAccuracy(),
                 "f1": BinaryF1Score(),
                 "sensitivity": BinaryRecall(),
@@ -83,7 +131,7 @@ def task_metrics(task: TaskSpec) -> MetricCollection:
     if task.kind == "multiclass":
         return MetricCollection(
             {
-                "auroc": MulticlassAUROC(c, average="macro"),
+                "auroc": DefinedMulticlassAUROC(c),
                 "accuracy": MulticlassAccuracy(c, average="micro"),
                 "f1": MulticlassF1Score(c, average="macro"),
             }

