@@ -113,6 +113,6 @@ def checked_weights_only(weights_only: bool | None, path: object) -> bool:
     if weights_only is False:
         raise ValueError(
             f"{path}: ldoctor reads checkpoints with weights_only=True only (a full unpickle can run code stored in "
-            "the file); an ldoctor checkpoint needs nothing more. Drop weights_only=false."
+            "the file); an ldoctor checkpoint needs nothing more. Leave weights_only unset."
         )
     return True

@@ -190,7 +190,7 @@ class MultiTaskModule(L.LightningModule):
         weights_only: bool | None = True, **kwargs: Any,
     ) -> MultiTaskModule:
         """Lightning's ``load_from_checkpoint`` with ``weights_only=True`` whatever the path (a URL too): the file
-        is read as tensors and plain values, never as code. ``weights_only=False`` is refused."""
+        is read as tensors and plain values, never as code; asking for a full unpickle is refused."""
         checked_weights_only(weights_only, checkpoint_path)
         return super().load_from_checkpoint(checkpoint_path, map_location=map_location, hparams_file=hparams_file,
                                             strict=strict, weights_only=True, **kwargs)

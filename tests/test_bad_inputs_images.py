@@ -12,8 +12,6 @@ import pydicom
 import pytest
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
-from pydicom.dataset import FileDataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 
 from datamodules.lidc import LIDCDataModule
 from ldoctor.datasets.lidc.source import NoduleSource
@@ -22,6 +20,7 @@ from ldoctor.io import radiograph
 from ldoctor.io.ct import CTVolume, read_ct, read_dicom_series, read_enhanced_ct, write_ct_series
 from ldoctor.io.radiograph import png_bit_depth, read_dicom_grey, read_png_grey, read_radiograph
 from ldoctor.transforms.radiograph import radiograph_preprocess
+from tests.fixtures.images import write_radiograph_dicom
 
 DICOM = Path(__file__).parent / "data" / "dicom"  # CT_small.dcm, eCT_Supplemental.dcm (pydicom's test files)
 RG1_CUT = Path(__file__).parent / "data" / "nih" / "RG1_UNCI_4x_downsampled.dcm"  # a real CR, MONOCHROME1
@@ -219,23 +218,6 @@ def test_content_only_in_alpha_is_refused(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------ radiograph DICOM
-
-
-def write_radiograph_dicom(path: Path, pixels: np.ndarray, bits_stored: int = 16, **tags) -> Path:
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
-    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
-    ds.Rows, ds.Columns = pixels.shape
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, bits_stored, bits_stored - 1, 0
-    for key, value in tags.items():
-        setattr(ds, key, value)
-    ds.PixelData = pixels.astype(np.uint16).tobytes()
-    ds.save_as(path, enforce_file_format=True)
-    return path
 
 
 def test_ct_dicom_is_refused_as_a_radiograph():

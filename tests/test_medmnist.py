@@ -15,6 +15,7 @@ from ldoctor.losses import EqualWeighting, MaskedBCEWithLogits
 from ldoctor.models.heads import ClassificationHead
 from ldoctor.module import MultiTaskModule
 from ldoctor.transforms.radiograph import IMAGENET_MEAN, IMAGENET_STD
+from tests.fixtures.images import learnable_npz
 from tests.helpers import tiny_trainer_kwargs
 
 
@@ -114,16 +115,7 @@ def test_bad_npz_files_name_the_key_and_row(tmp_path):
 
 
 def _learnable_npz(path, n: int, seed: int) -> str:
-    """Positives carry a bright square in the upper left quadrant."""
-    rng = np.random.default_rng(seed)
-    arrays = {}
-    for split, count in (("train", n), ("val", n // 2)):
-        y = rng.integers(0, 2, (count, 1))
-        images = rng.integers(40, 120, (count, 28, 28)).astype(np.uint8)
-        images[y[:, 0] == 1, 4:12, 4:12] = 230
-        arrays[f"{split}_images"], arrays[f"{split}_labels"] = images, y.astype(np.uint8)
-    np.savez(path, **arrays)
-    return str(path)
+    return learnable_npz(path, {"train": n, "val": n // 2}, seed)
 
 
 def test_the_disease_head_learns_a_learnable_medmnist_signal(tmp_path, one_thread):

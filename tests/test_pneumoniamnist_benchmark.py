@@ -8,20 +8,8 @@ import json
 import numpy as np
 import pytest
 
+from tests.fixtures.images import learnable_npz
 from tests.helpers import run_benchmark
-
-
-def learnable_npz(path, sizes: dict[str, int], seed: int = 0) -> str:
-    """Positives carry a bright square in the upper left quadrant (a signal a small CNN learns in an epoch)."""
-    rng = np.random.default_rng(seed)
-    arrays = {}
-    for split, count in sizes.items():
-        y = rng.integers(0, 2, (count, 1))
-        images = rng.integers(40, 120, (count, 28, 28)).astype(np.uint8)
-        images[y[:, 0] == 1, 4:12, 4:12] = 230
-        arrays[f"{split}_images"], arrays[f"{split}_labels"] = images, y.astype(np.uint8)
-    np.savez(path, **arrays)
-    return str(path)
 
 
 def run(tmp_path, npz: str) -> tuple[dict, str]:

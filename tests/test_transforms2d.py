@@ -10,8 +10,6 @@ import pytest
 import torch
 from monai.transforms import Resize
 from PIL import Image
-from pydicom.dataset import FileDataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 
 from ldoctor.io.radiograph import check_png, read_dicom_grey, read_png_grey, read_radiograph
 from ldoctor.transforms.radiograph import (
@@ -24,6 +22,7 @@ from ldoctor.transforms.radiograph import (
     radiograph_preprocess,
     resize_uint8_batch,
 )
+from tests.fixtures.images import write_radiograph_dicom
 
 DATA = Path(__file__).parent / "data" / "nih"
 REAL_PNGS = sorted((DATA / "images").glob("*/*.png"))
@@ -134,21 +133,7 @@ def test_real_cr_monochrome1_has_dark_lungs(path):
 
 
 def _write_dicom(path: Path, pixels: np.ndarray, photometric: str = "MONOCHROME2", **tags) -> Path:
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
-    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
-    ds.Modality = "DX"
-    ds.Rows, ds.Columns = pixels.shape
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, photometric
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
-    for key, value in tags.items():
-        setattr(ds, key, value)
-    ds.PixelData = pixels.astype(np.uint16).tobytes()
-    ds.save_as(path, enforce_file_format=True)
-    return path
+    return write_radiograph_dicom(path, pixels, photometric, **{"Modality": "DX", **tags})
 
 
 def test_dicom_window_rescale_and_inversion_hand_computed(tmp_path):
