@@ -13,6 +13,10 @@ configs write to ``<default_root_dir>/checkpoints``, not into a logger's new ``v
 starts the partial files of saves killed earlier are removed from those folders
 (:func:`ldoctor.checkpoint_io.remove_stale_partials`).
 
+W&B's console capture is off unless ``WANDB_CONSOLE`` says otherwise: what a run prints (tracebacks naming the
+user's files included) stays on the user's terminal instead of going into the run folder that ``wandb sync``
+uploads. What ldoctor logs itself names files and patients by pseudonym only (:mod:`ldoctor.privacy`).
+
 From a notebook::
 
     from ldoctor.cli import LDoctorCLI
@@ -23,14 +27,18 @@ from __future__ import annotations
 
 import importlib
 import os
+import sys
+from pathlib import Path
 from typing import Any
 
 import lightning as L
+import yaml
 from lightning.fabric.utilities.cloud_io import _is_local_file_protocol
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 
 from ldoctor.checkpoint_io import checked_weights_only, remove_stale_partials
+from ldoctor.errors import BadInput
 from ldoctor.module import MultiTaskModule
 
 
@@ -38,12 +46,21 @@ class LDoctorCLI(LightningCLI):
     """``python train.py {fit,validate,test,predict} --config configs/<experiment>.yaml``."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
+        os.environ.setdefault("WANDB_CONSOLE", "off")  # module docstring: printed paths stay off the upload
         kwargs.setdefault("model_class", MultiTaskModule)
         kwargs.setdefault("datamodule_class", L.LightningDataModule)
         kwargs.setdefault("subclass_mode_data", True)
         kwargs.setdefault("auto_configure_optimizers", False)
         kwargs.setdefault("trainer_defaults", {"plugins": [{"class_path": "ldoctor.checkpoint_io.AtomicCheckpointIO"}]})
         super().__init__(*args, **kwargs)
+
+    def parse_arguments(self, parser: Any, args: Any) -> None:
+        """Parse as Lightning does, after checking that every ``--config`` file is readable YAML: a syntax error is
+        reported with the file, line and column (jsonargparse names only ``<unicode string>``)."""
+        argv = sys.argv[1:] if args is None else args
+        if isinstance(argv, list | tuple):
+            check_config_files([str(a) for a in argv])
+        super().parse_arguments(parser, args)
 
     def add_arguments_to_parser(self, parser: Any) -> None:
         parser.link_arguments("data.tasks", "model.tasks", apply_on="instantiate")
@@ -81,6 +98,29 @@ class LDoctorCLI(LightningCLI):
         if "weights_only" in self._subcommand_method_arguments[subcommand]:
             kwargs["weights_only"] = checked_weights_only(kwargs.get("weights_only"), kwargs.get("ckpt_path"))
         return kwargs
+
+
+def check_config_files(argv: list[str]) -> None:
+    """Refuse a ``--config FILE`` (or ``--config=FILE``) that is not valid YAML, naming the file, line and column.
+
+    Raises:
+        BadInput: the file's YAML syntax error, with its position.
+    """
+    files = [a.split("=", 1)[1] for a in argv if a.startswith("--config=")]
+    files += [argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "--config"]
+    for name in files:
+        path = Path(name).expanduser()
+        if not path.is_file():
+            continue  # jsonargparse reports a missing file, naming it
+        try:
+            yaml.safe_load(path.read_text())
+        except yaml.YAMLError as err:
+            mark = getattr(err, "problem_mark", None)
+            where = f" line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+            problem = getattr(err, "problem", None) or str(err)
+            raise BadInput(f"{path}{where}: {problem}; expected a YAML config file") from None
+        except UnicodeDecodeError as err:
+            raise BadInput(f"{path}: not UTF-8 text (byte {err.start}); expected a YAML config file") from None
 
 
 def _is_model_checkpoint(class_path: Any) -> bool:

@@ -2,7 +2,13 @@
 
 Every reader reports a problem as a message naming the file (and line or record) and what was expected. With
 ``skip_bad=False`` (the default everywhere) the first problem raises; with ``skip_bad=True`` problems are counted
-by kind, the first few logged, and :meth:`BadInputLog.summary` warns once with the counts.
+by kind, the first few logged, and :meth:`BadInputLog.summary` warns once with the counts and the skipped files.
+
+What is logged is :func:`ldoctor.privacy.redact`-ed: file paths, DICOM UIDs, patient and admission ids and dates
+become salted pseudonyms (``file-3fa2c9e1d0.dcm``), since logs reach W&B and other services. The full messages
+stay in memory, in :attr:`BadInputLog.skipped`, for the user's own code; ``python -m ldoctor.privacy which
+PSEUDONYM DATA_DIR`` finds the file a logged pseudonym names. Errors (``skip_bad=False``) name the file in full:
+the run stops there and the user must find the file to fix it.
 
 Example:
     >>> bad = BadInputLog(skip_bad=True)
@@ -19,10 +25,14 @@ from collections.abc import Sequence
 
 from lightning.pytorch.utilities import rank_zero_warn
 
+from ldoctor.privacy import redact
+
 log = logging.getLogger(__name__)
 
 #: Messages logged per kind of problem when skipping; the rest are only counted.
 LOGGED_PER_KIND = 5
+#: Skipped problems named (by pseudonym) in the summary warning.
+NAMED_IN_SUMMARY = 10
 
 
 class BadInput(ValueError):
@@ -38,11 +48,14 @@ class BadInputLog:
 
     Attributes:
         counts: problems skipped, by kind.
+        skipped: every skipped problem as ``(kind, message)``, the message in full (not logged: it may identify a
+            patient).
     """
 
     def __init__(self, skip_bad: bool = False, source: str = "") -> None:
         self.skip_bad, self.source = skip_bad, source
         self.counts: Counter[str] = Counter()
+        self.skipped: list[tuple[str, str]] = []
 
     def report(self, kind: str, message: str, error: type[Exception] = BadInput) -> None:
         """One problem: raises ``error(message)`` unless ``skip_bad``, else counts it under ``kind``."""
@@ -56,10 +69,19 @@ class BadInputLog:
             more = f" (and {len(messages) - 1} more)" if len(messages) > 1 else ""
             raise error(f"{messages[0]}{more}; set skip_bad=True to skip and count such input")
         for message in messages[: max(0, LOGGED_PER_KIND - self.counts[kind])]:
-            log.warning("skipped %s: %s", kind, message)
+            log.warning("skipped %s: %s", kind, redact(message))
         self.counts[kind] += len(messages)
+        self.skipped.extend((kind, message) for message in messages)
 
     def summary(self) -> None:
-        """Warn once with the counts of what was skipped (nothing when nothing was)."""
-        if self.counts:
-            rank_zero_warn(f"{self.source}: skipped bad input (skip_bad=True): {dict(self.counts)}")
+        """Warn once with the counts and the first :data:`NAMED_IN_SUMMARY` problems, pseudonymised (nothing when
+        nothing was skipped)."""
+        if not self.counts:
+            return
+        named = "; ".join(f"{kind}: {redact(message)}" for kind, message in self.skipped[:NAMED_IN_SUMMARY])
+        more = f" (and {len(self.skipped) - NAMED_IN_SUMMARY} more)" if len(self.skipped) > NAMED_IN_SUMMARY else ""
+        rank_zero_warn(
+            f"{redact(self.source)}: skipped bad input (skip_bad=True): {dict(self.counts)}; {named}{more}. Files "
+            "are named by pseudonym (`python -m ldoctor.privacy which PSEUDONYM DATA_DIR` finds one); the full "
+            "messages are in the DataModule's BadInputLog.skipped"
+        )
