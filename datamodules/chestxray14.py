@@ -16,6 +16,7 @@ Example:
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -33,9 +34,10 @@ from ldoctor.datasets.nih.records import (
 )
 from ldoctor.errors import BadInputLog
 from ldoctor.tasks import TaskSpec
-from ldoctor.transforms.cache import CacheMode, cached_dataset, check_cache
+from ldoctor.transforms.cache import CacheMode, cached_dataset, check_cache, preprocess_records
 from ldoctor.transforms.radiograph import (
     DEFAULT_AUGMENTATION,
+    RADIOGRAPH_FILE,
     RadiographAugmentation,
     radiograph_postprocess,
     radiograph_preprocess,
@@ -66,10 +68,12 @@ class ChestXray14DataModule(TaskDataModule):
         max_follow_up: keep only rows with ``Follow-up #`` <= this (0 = each patient's first study).
         augmentation: training augmentation; ``None`` trains without augmentation.
         cache: where the decoded, resized ``uint8`` images are kept (:mod:`ldoctor.transforms.cache`): ``"none"``
-            (decode every epoch), ``"memory"`` (``S * S`` bytes per image, shared by every split and fold) or
-            ``"disk"`` (under ``cache_dir``).
+            (decode every epoch), ``"memory"`` (``S * S`` bytes per image, shared by every split and fold; every
+            image is decoded in ``setup``) or ``"disk"`` (under ``cache_dir``, decoded on first use).
         cache_dir: on-disk cache folder for ``cache="disk"`` (never inside ``root`` or ``test_root``).
-        skip_bad: skip bad rows and files (counted in ``skipped`` and warned) instead of raising.
+        skip_bad: skip bad rows and files (counted in ``skipped`` and warned) instead of raising. Files that fail
+            only when decoded (corrupt data inside a complete PNG) are skipped with ``cache="memory"``, which decodes
+            them in ``setup``; with ``"none"`` / ``"disk"`` they fail while a batch is loaded, naming the file.
         batch_size: samples per batch.
         num_workers: loader worker processes.
         pin_memory: pin host memory for GPU copies.
@@ -110,7 +114,7 @@ class ChestXray14DataModule(TaskDataModule):
         self.folder: NIHFolder | None = None
         self.test_folder: NIHFolder | None = None
         self.data: NIHSplits | None = None
-        self._memory: dict[int, dict[str, dict]] = {}  # image size -> the in-memory cache of that size
+        self._memory: dict[int, dict[str, dict | None]] = {}  # image size -> the in-memory cache of that size
 
     @property
     def task(self) -> TaskSpec:
@@ -152,8 +156,19 @@ class ChestXray14DataModule(TaskDataModule):
             self.test_folder = read_nih_folder(self.test_root, self.bad, self.view_positions, self.max_follow_up,
                                                lists=False)
             check_disjoint_folders(self.folder, self.test_folder)
+        if self.cache == "memory":
+            for folder in (self.folder, self.test_folder):
+                if folder is not None:
+                    self._keep_decodable(folder)
         self.bad.summary()
         self._split()
+
+    def _keep_decodable(self, folder: NIHFolder) -> None:
+        """``cache="memory"``: decode every image of ``folder`` into the cache now; an image that fails raises naming
+        the file or (``skip_bad``) leaves the folder's records, counted, before the patient split."""
+        kept = preprocess_records(list(folder.records.values()), radiograph_preprocess(self.image_size),
+                                  self._memory.setdefault(self.image_size, {}), self.bad, RADIOGRAPH_FILE)
+        folder.records = {r["id"]: r for r in kept}
 
     def _split(self) -> None:
         assert self.folder is not None
@@ -172,7 +187,7 @@ class ChestXray14DataModule(TaskDataModule):
             postprocess = radiograph_postprocess(self.augmentation if train else None, image_size)
             postprocess.set_random_state(seed=self.seed)  # MONAI's Rand*d draw from their own generator
         return cached_dataset(records, radiograph_preprocess(image_size), postprocess, self.cache, folder,
-                              self._memory.setdefault(image_size, {}))
+                              self._memory.setdefault(image_size, {}), self.bad, RADIOGRAPH_FILE)
 
     def select_fold(self, fold: int) -> None:
         """Move to test fold ``fold`` (needs ``folds``); the folders are not read again and caches are reused."""
@@ -212,6 +227,11 @@ class ChestXray14DataModule(TaskDataModule):
         dataset = self._dataset(self.data.records[split], image_size or self.image_size, train=False,
                                 postprocess=Compose([]))
         return np.stack([np.asarray(dataset[i]["image"])[0] for i in range(len(dataset))])
+
+    def inference_settings(self) -> dict[str, Any]:
+        """A report reads a new radiograph as these were: decoded, resized and padded to ``image_size``."""
+        return {"input": "radiograph", "image_size": int(self.image_size),
+                "description": "NIH ChestX-ray14 radiographs, the 14 findings"}
 
     def train_labels(self) -> torch.Tensor:
         self.setup("fit")

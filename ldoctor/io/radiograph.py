@@ -8,7 +8,12 @@ VOI LUT, window or min-max, none of which depends on the 16-bit container.
 
 Refused, naming the file: an image whose content is only in its alpha channel (colour constant, alpha varying:
 it would turn uniformly black or white); a DICOM whose ``Modality`` is not a radiograph's
-(:data:`RADIOGRAPH_MODALITIES`; a missing ``Modality`` or ``OT`` is read with a warning).
+(:data:`RADIOGRAPH_MODALITIES`; a missing ``Modality`` or ``OT`` is read with a warning); an image larger than PIL's
+decompression-bomb limit (``PIL.Image.MAX_IMAGE_PIXELS``, about 89 million pixels; raise it for a genuine image).
+
+Cheap checks that read headers only, for setup time (:func:`check_radiograph_file`): a PNG's signature, ``IEND``
+trailer and ``IHDR`` size (:func:`check_png`); a DICOM's modality, frames, photometric interpretation, transfer syntax
+decoder and pixel data length (:func:`check_radiograph_dicom`). The readers apply the same rules when they decode.
 """
 
 from __future__ import annotations
@@ -23,7 +28,8 @@ from PIL import Image
 from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
 from ldoctor.errors import BadInput
-from ldoctor.io.dicom import looks_like_dicom
+from ldoctor.io.dicom import decoder_problem, looks_like_dicom, pixel_data_problem, read_header
+from ldoctor.privacy import redact
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _PNG_IEND = b"\x00\x00\x00\x00IEND\xaeB`\x82"
@@ -35,12 +41,35 @@ RADIOGRAPH_MODALITIES = ("CR", "DX", "DR", "RG")
 #: ``Modality`` values read with a warning: none stated, or ``OT`` (other: e.g. a digitised film).
 WARNED_MODALITIES = ("", "OT")
 _warned: set[str] = set()  # modalities warned about in this process (one warning each)
+#: What a radiograph file should be, for messages.
+RADIOGRAPH_EXPECTED = "a readable radiograph (PNG or JPEG, or a single-frame grey DICOM)"
+
+
+def png_size(path: str | Path) -> tuple[int, int] | None:
+    """``(width, height)`` from a PNG's ``IHDR`` chunk (the first 24 bytes); ``None`` when there is no ``IHDR``."""
+    with Path(path).open("rb") as f:
+        head = f.read(24)
+    if len(head) < 24 or head[:8] != _PNG_SIGNATURE or head[12:16] != b"IHDR":
+        return None
+    width, height = struct.unpack(">II", head[16:24])
+    return width, height
+
+
+def size_problem(width: int, height: int) -> str | None:
+    """An image over PIL's decompression-bomb limit (``PIL.Image.MAX_IMAGE_PIXELS``; ``None`` disables it)."""
+    limit = Image.MAX_IMAGE_PIXELS
+    if limit is None or width * height <= limit:
+        return None
+    return (f"{width} x {height} pixels ({width * height}) exceed the decompression-bomb limit of {limit} pixels "
+            "(PIL.Image.MAX_IMAGE_PIXELS; raise it if the image is genuine)")
 
 
 def check_png(path: str | Path) -> str | None:
-    """Cheap integrity check of a PNG without decoding it: the signature and the ``IEND`` trailer.
+    """Cheap integrity check of a PNG without decoding it: the signature, the ``IEND`` trailer and the ``IHDR`` size.
 
-    A download cut short loses the trailer, so this catches truncated files in microseconds.
+    A download cut short loses the trailer, so this catches truncated files in microseconds; an ``IHDR`` claiming more
+    pixels than PIL's decompression-bomb limit (:func:`size_problem`) is refused before anything is decoded. Corrupt
+    data inside a complete file is only found when it is decoded (:func:`read_png_grey`).
 
     Returns:
         ``None`` if the file looks complete, else what is wrong (for an error message).
@@ -57,7 +86,10 @@ def check_png(path: str | Path) -> str | None:
         return "no PNG signature (not a PNG file)"
     if tail != _PNG_IEND:
         return "no IEND chunk at the end (truncated PNG)"
-    return None
+    dimensions = png_size(path)
+    if dimensions is None:
+        return "no IHDR chunk after the signature (corrupt PNG)"
+    return size_problem(*dimensions)
 
 
 def png_sbit(path: str | Path) -> int | None:
@@ -126,27 +158,42 @@ def read_png_grey(path: str | Path) -> np.ndarray:
         ``float32 [H, W]`` in ``[0, 1]``.
 
     Raises:
-        ValueError: the file cannot be decoded (truncated, corrupt), a 32-bit float image, integer values outside
+        ValueError: the file cannot be decoded (truncated, corrupt), more pixels than the decompression-bomb limit
+            (:func:`size_problem`, checked before decoding), a 32-bit float image, integer values outside
             ``[0, 65535]``, or content only in the alpha channel, naming the file.
     """
+    dimensions = png_size(path)
+    problem = size_problem(*dimensions) if dimensions is not None else None
+    if problem is not None:  # from the IHDR alone: PIL never sees it
+        raise BadInput(f"{path}: {problem}; expected {RADIOGRAPH_EXPECTED}")
     try:
         with Image.open(path) as img:
+            problem = size_problem(*img.size)  # other formats: PIL only warns up to twice its limit
+            if problem is not None:
+                raise BadInput(f"{path}: {problem}; expected {RADIOGRAPH_EXPECTED}")
             img.load()
-            if img.mode in ("I;16", "I;16B", "I;16L", "I"):
-                values = np.asarray(img).astype(np.int64)
-                low, high = (int(values.min()), int(values.max())) if values.size else (0, 0)
-                if low < 0 or high > 65535:
-                    raise BadInput(f"{path}: integer image with values {low}..{high}; expected 8/16-bit grey "
-                                   "(0..65535)")
-                bits = png_bit_depth(path, high)
-                return (values / float(2**bits - 1)).astype(np.float32)
-            if img.mode == "F":
-                raise BadInput(f"{path}: 32-bit float image; expected 8/16-bit grey or RGB")
-            _check_alpha(img, path)
-            grey = img if img.mode == "L" else img.convert("L")
-            return np.asarray(grey, dtype=np.float32) / 255.0
+            return _grey(img, path)
+    except Image.DecompressionBombError as err:  # not an OSError
+        raise BadInput(f"{path}: {err} (PIL.Image.MAX_IMAGE_PIXELS is {Image.MAX_IMAGE_PIXELS}; raise it if the image "
+                       f"is genuine); expected {RADIOGRAPH_EXPECTED}") from err
     except (OSError, SyntaxError) as err:  # PIL raises OSError for truncated data, SyntaxError for bad chunks
         raise BadInput(f"{path}: cannot decode the image ({err}); expected a complete PNG") from err
+
+
+def _grey(img: Image.Image, path: str | Path) -> np.ndarray:
+    """A loaded PIL image -> ``float32 [H, W]`` grey in ``[0, 1]`` (:func:`read_png_grey`)."""
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+        values = np.asarray(img).astype(np.int64)
+        low, high = (int(values.min()), int(values.max())) if values.size else (0, 0)
+        if low < 0 or high > 65535:
+            raise BadInput(f"{path}: integer image with values {low}..{high}; expected 8/16-bit grey (0..65535)")
+        bits = png_bit_depth(path, high)
+        return (values / float(2**bits - 1)).astype(np.float32)
+    if img.mode == "F":
+        raise BadInput(f"{path}: 32-bit float image; expected 8/16-bit grey or RGB")
+    _check_alpha(img, path)
+    grey = img if img.mode == "L" else img.convert("L")
+    return np.asarray(grey, dtype=np.float32) / 255.0
 
 
 def check_modality(ds: pydicom.Dataset, path: str | Path) -> None:
@@ -162,10 +209,38 @@ def check_modality(ds: pydicom.Dataset, path: str | Path) -> None:
         if modality not in _warned:
             _warned.add(modality)
             stated = f"Modality {modality}" if modality else "no Modality"
-            warnings.warn(f"{path}: {stated}; read as a radiograph (expected {', '.join(RADIOGRAPH_MODALITIES)}); "
+            warnings.warn(f"{redact(str(path))}: {stated}; read as a radiograph (expected {', '.join(RADIOGRAPH_MODALITIES)}); "
                           "further such files are not reported", UserWarning, stacklevel=3)
         return
     raise BadInput(f"{path}: Modality {modality}; expected a radiograph ({', '.join(RADIOGRAPH_MODALITIES)})")
+
+
+def check_radiograph_dicom(path: str | Path) -> None:
+    """Header-only checks of a DICOM radiograph, nothing decoded: a readable header, a radiograph's ``Modality``
+    (:func:`check_modality`), one frame, grey (``MONOCHROME1/2``, one sample per pixel), a transfer syntax the installed
+    pydicom plugins decode (:func:`ldoctor.io.dicom.decoder_problem`) and, uncompressed, pixel data as long as the
+    header says (:func:`ldoctor.io.dicom.pixel_data_problem`).
+
+    Raises:
+        BadInput: naming the file, what was found and what was expected.
+    """
+    try:
+        ds, offset = read_header(path)
+    except Exception as err:  # pydicom raises many types for bad files
+        raise BadInput(f"{path}: cannot read DICOM ({err}); expected a readable DICOM") from err
+    check_modality(ds, path)
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2"))
+    samples = int(ds.get("SamplesPerPixel", 1) or 1)
+    if frames > 1:
+        raise BadInput(f"{path}: multi-frame DICOM ({frames} frames, NumberOfFrames); expected one frame, a single "
+                       "radiograph (export the frame you mean as a file of its own)")
+    if samples != 1 or photometric not in ("MONOCHROME1", "MONOCHROME2"):
+        raise BadInput(f"{path}: PhotometricInterpretation {photometric}, {samples} sample(s) per pixel; expected one "
+                       "grey frame (MONOCHROME1/2) of a radiograph")
+    problem = decoder_problem(ds) or pixel_data_problem(ds, offset, Path(path).stat().st_size)
+    if problem is not None:
+        raise BadInput(f"{path}: {problem}; expected {RADIOGRAPH_EXPECTED}")
 
 
 def read_dicom_grey(path: str | Path) -> np.ndarray:
@@ -183,24 +258,22 @@ def read_dicom_grey(path: str | Path) -> np.ndarray:
     depends on the 16-bit container, so 12-bit data span the whole grey range.
 
     Raises:
-        ValueError: unreadable file, no pixel data, colour or multi-frame data, a ``Modality`` other than a
-            radiograph's (:func:`check_modality`), naming the file.
+        ValueError: the header checks of :func:`check_radiograph_dicom` (unreadable, not a radiograph's
+            ``Modality``, colour or multi-frame, no decoder, truncated), then pixel data that cannot be decoded,
+            naming the file.
     """
+    check_radiograph_dicom(path)
     try:
         ds = pydicom.dcmread(path)
     except Exception as err:  # pydicom raises many types for bad files
         raise BadInput(f"{path}: cannot read DICOM ({err}); expected a readable DICOM") from err
-    check_modality(ds, path)
     try:
         pixels = ds.pixel_array
     except Exception as err:  # pydicom raises many types for bad files and unsupported transfer syntaxes
         raise BadInput(f"{path}: cannot read DICOM pixel data ({err}); expected a readable DICOM") from err
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2"))
-    if photometric not in ("MONOCHROME1", "MONOCHROME2") or pixels.ndim != 2:
-        raise BadInput(
-            f"{path}: PhotometricInterpretation {photometric}, pixel array {pixels.shape}; "
-            "expected one grey frame (MONOCHROME1/2) of a radiograph"
-        )
+    if pixels.ndim != 2:
+        raise BadInput(f"{path}: pixel array {pixels.shape}; expected one grey frame (MONOCHROME1/2) of a radiograph")
     values = apply_modality_lut(pixels, ds).astype(np.float64)
     grey = _voi_to_unit(values, ds)
     if photometric == "MONOCHROME1":
@@ -229,6 +302,23 @@ def _first(value: object) -> float:
     if isinstance(value, pydicom.multival.MultiValue | list | tuple):
         return float(value[0])
     return float(value)
+
+
+def check_radiograph_file(path: str | Path) -> None:
+    """Cheap checks of a radiograph file at setup, reading headers only: :func:`check_radiograph_dicom` for a DICOM,
+    :func:`check_png` for a ``.png``; other formats (JPEG) are only checked when decoded.
+
+    Raises:
+        FileNotFoundError: no such file.
+        BadInput: naming the file and what is wrong.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: image file not found")
+    if looks_like_dicom(path):
+        check_radiograph_dicom(path)
+    elif path.suffix.lower() == ".png" and (problem := check_png(path)) is not None:
+        raise BadInput(f"{path}: {problem}; expected a complete PNG")
 
 
 def read_radiograph(path: str | Path) -> np.ndarray:

@@ -39,6 +39,9 @@ import torch
 import torchvision
 from torch import nn
 
+from ldoctor.checkpoint_io import load_tensors
+from ldoctor.errors import BadInput
+
 STATE_DICT_SUFFIXES = (".pt", ".pth", ".pth.tar", ".bin", ".safetensors")
 PREFIXES = ("module.", "backbone.", "trunk.", "model.")
 
@@ -222,6 +225,7 @@ def build_trunk(name: str | TrunkCallable = "resnet50", weights: str | None = No
 
     Raises:
         ValueError: unknown name or weights enum; FileNotFoundError: a weights path that does not exist;
+        BadInput: a weights file that cannot be read as a state dict (:func:`read_state_dict`);
         RuntimeError: a weights file whose keys do not match (missing, unexpected and wrong-shape keys listed).
     """
     if callable(name):
@@ -296,19 +300,36 @@ def _weights_enum(name: str, weights: str) -> torchvision.models.WeightsEnum:
     return enum[member]
 
 
+#: What a trunk weights file is, for messages.
+EXPECTED_WEIGHTS = (f"a state dict saved by torch.save or safetensors (parameter name -> tensor; "
+                    f"{', '.join(STATE_DICT_SUFFIXES)})")
+
+
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    """Read a state dict from ``.safetensors`` or a torch file (``weights_only=True``: no code runs)."""
+    """Read a state dict from ``.safetensors`` or a torch file (``weights_only=True``: no code runs).
+
+    Raises:
+        FileNotFoundError: no such file. BadInput: an empty, truncated or damaged file, one that is not a state dict
+            saved by ``torch.save`` or safetensors (naming the file and :data:`EXPECTED_WEIGHTS`).
+    """
     if not path.is_file():
         raise FileNotFoundError(f"{path}: trunk weights file not found")
     if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
-        return load_file(str(path))
-    state = torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            return load_file(str(path))
+        except SafetensorError as err:
+            raise BadInput(f"{path}: not a readable safetensors file ({err}"
+                           f"{'; the file is empty' if path.stat().st_size == 0 else ''}); expected "
+                           f"{EXPECTED_WEIGHTS}; it may be truncated: copy or download it again") from None
+    state = load_tensors(path, EXPECTED_WEIGHTS)
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
-    if not isinstance(state, dict):
-        raise RuntimeError(f"{path}: expected a state dict (name -> tensor), got {type(state).__name__}")
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        found = type(state).__name__ if not isinstance(state, dict) else "a dict with values that are not tensors"
+        raise BadInput(f"{path}: holds {found}; expected {EXPECTED_WEIGHTS}")
     return state
 
 
@@ -372,7 +393,8 @@ def load_trunk_weights(
         prefixes: key prefixes stripped when every key has them.
 
     Raises:
-        FileNotFoundError: no such file; RuntimeError: keys or shapes that do not fit, listed.
+        FileNotFoundError: no such file; BadInput: not readable as a state dict; RuntimeError: keys or shapes that
+            do not fit, listed.
     """
     state = _strip_prefixes(read_state_dict(path), prefixes)
     state = {legacy_key(k): v for k, v in state.items()}

@@ -42,6 +42,7 @@ from monai.transforms import (
 from scipy.ndimage import map_coordinates
 
 from ldoctor.io.ct import CTVolume, check_default_rescale, read_ct, world_to_voxel
+from ldoctor.transforms.failures import RecordFile
 from ldoctor.transforms.radiograph import IMAGENET_MEAN, IMAGENET_STD
 from ldoctor.transforms.radiomics import nodule_radiomics
 
@@ -49,6 +50,9 @@ from ldoctor.transforms.radiomics import nodule_radiomics
 AIR_HU = -1000.0
 #: View name -> (axis normal to the plane, in the patch's (x, y, z) axes).
 VIEW_AXES = {"sagittal": 0, "coronal": 1, "axial": 2}
+#: A nodule record's CT, for the errors of :func:`nodule_preprocess` (:mod:`ldoctor.transforms.cache`).
+CT_FILE = RecordFile("volume", "a readable CT volume (a DICOM series folder, an enhanced CT .dcm or a .nii/.nii.gz) "
+                     "holding the nodule", "unreadable volumes")
 
 
 def extract_patch(

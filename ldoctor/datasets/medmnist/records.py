@@ -12,13 +12,18 @@ among thousands of 0/1 rows would otherwise make the task 3-class), naming the f
 The default file is the PneumoniaMNIST train/val cut shipped in ``ldoctor/demo_data/pneumoniamnist``
 (0 = normal, 1 = pneumonia; CC BY 4.0).
 
+A file that is not such an archive fails naming the file and the keys expected (:func:`open_npz`, :func:`read_array`):
+an empty or non-zip file when it is opened, an array that cannot be read (object arrays, which only unpickling could
+load and which are never unpickled; a damaged member) when it is read.
+
 Example:
-    >>> with np.load(PNEUMONIAMNIST_DEMO) as npz:                      # doctest: +SKIP
+    >>> with open_npz(PNEUMONIAMNIST_DEMO) as npz:                      # doctest: +SKIP
     ...     images, labels = load_split(npz, PNEUMONIAMNIST_DEMO, "train")
 """
 
 from __future__ import annotations
 
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +37,45 @@ SPLITS = ("train", "val", "test")
 #: A one-column label is "binary with stray values" when classes 0 and 1 both occur and the values >= 2 are at
 #: most this share of its rows, over all splits of the file (:func:`stray_binary_rows`).
 STRAY_SHARE = 0.01
+
+
+#: What a MedMNIST file should hold, for messages.
+EXPECTED_KEYS = ("a MedMNIST .npz (a zip written by np.savez) with uint8 train_images / val_images (and test_images) "
+                 "[N, H, W] or [N, H, W, 3] and integer train_labels / val_labels (and test_labels) [N, 1] or [N, C]")
+
+
+def open_npz(path: str | Path) -> np.lib.npyio.NpzFile:
+    """Open a MedMNIST ``.npz`` (a context manager; arrays are read on access, :func:`read_array`).
+
+    Raises:
+        FileNotFoundError: no such file.
+        BadInput: an empty file, or one that is not a zip archive (``np.load`` would read it as a pickle), naming the
+            file and :data:`EXPECTED_KEYS`.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: MedMNIST .npz not found; check data.npz")
+    size = path.stat().st_size
+    if size == 0 or not zipfile.is_zipfile(path):
+        found = "an empty file" if size == 0 else f"not a zip archive ({size} bytes)"
+        raise BadInput(f"{path}: {found}; expected {EXPECTED_KEYS}")
+    try:
+        return np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
+        raise BadInput(f"{path}: cannot be opened ({type(err).__name__}: {err}); expected {EXPECTED_KEYS}") from err
+
+
+def read_array(npz: np.lib.npyio.NpzFile, path: str | Path, key: str) -> np.ndarray:
+    """``npz[key]``, read without unpickling.
+
+    Raises:
+        BadInput: an object array (which only unpickling could read), a damaged member or other unreadable data,
+            naming the file, the key and :data:`EXPECTED_KEYS`.
+    """
+    try:
+        return npz[key]
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
+        raise BadInput(f"{path}: {key} cannot be read ({type(err).__name__}: {err}); expected {EXPECTED_KEYS}") from err
 
 
 def infer_task(labels: list[np.ndarray], name: str, class_names: list[str] | None) -> TaskSpec:
@@ -77,14 +121,14 @@ def stray_binary_rows(labels: dict[str, np.ndarray]) -> list[tuple[str, int, int
     return [(split, int(row), int(y[row])) for split, y in columns.items() for row in np.flatnonzero(y >= 2)]
 
 
-def _file_labels(npz: np.lib.npyio.NpzFile) -> dict[str, np.ndarray]:
+def _file_labels(npz: np.lib.npyio.NpzFile, path: str) -> dict[str, np.ndarray]:
     """The well-formed label arrays of every split of the file (non-negative integers; the others are refused when
     their own split is loaded)."""
     labels = {}
     for split in SPLITS:
         if f"{split}_labels" not in npz.files:
             continue
-        y = np.asarray(npz[f"{split}_labels"])
+        y = np.asarray(read_array(npz, path, f"{split}_labels"))
         if y.dtype.kind in "iub" or (y.dtype.kind == "f" and np.isfinite(y).all() and (y % 1 == 0).all()):
             if y.size == 0 or y.min() >= 0:
                 labels[split] = y
@@ -98,11 +142,12 @@ def load_split(npz: np.lib.npyio.NpzFile, path: str, split: str) -> tuple[np.nda
         images ``uint8 [N, H, W]`` or ``[N, H, W, 3]``; labels ``int64 [N, columns]``.
 
     Raises:
+        BadInput: an array that cannot be read (:func:`read_array`).
         ValueError: naming the file, the key and the row: wrong dtype or rank, count mismatch, labels that
             are not non-negative integers, multi-labels other than 0/1, a binary column with a few stray values
             (:func:`stray_binary_rows`; the stray row named may be in another split of the file).
     """
-    images, labels = npz[f"{split}_images"], npz[f"{split}_labels"]
+    images, labels = read_array(npz, path, f"{split}_images"), read_array(npz, path, f"{split}_labels")
     if images.dtype != np.uint8 or images.ndim not in (3, 4) or (images.ndim == 4 and images.shape[-1] != 3):
         raise BadInput(
             f"{path}: {split}_images is {images.dtype} {images.shape}; expected uint8 [N, H, W] or [N, H, W, 3]"
@@ -122,7 +167,7 @@ def load_split(npz: np.lib.npyio.NpzFile, path: str, split: str) -> tuple[np.nda
         row = int(np.flatnonzero((labels > 1).any(1))[0])
         raise BadInput(f"{path}: {split}_labels row {row} is {labels[row].tolist()}; expected 0/1 multi-labels")
     if labels.shape[1] == 1:
-        every = _file_labels(npz)
+        every = _file_labels(npz, path)
         stray = stray_binary_rows(every)
         if stray:
             where, row, value = stray[0]

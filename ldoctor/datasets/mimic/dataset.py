@@ -8,6 +8,10 @@ Batch (:func:`collate_drug_batch`)::
     "id":        list of "<subject_id>/<hadm_id>"
     "image":     float [B, 3, S, S] ImageNet-normalised, zeros where has_image is False (with image links)
     "has_image": bool [B]                                                               (with image links)
+
+Linked images are checked when the links are read (:func:`read_image_links`: headers only, so ``skip_bad`` can leave a
+bad one out) and decoded when a batch is loaded, where a failure raises one error naming the file: a batch cannot
+leave a sample out, so ``skip_bad`` does not apply there.
 """
 
 from __future__ import annotations
@@ -21,7 +25,13 @@ from torch.utils.data import Dataset
 
 from ldoctor.datasets.mimic.records import UNKNOWN_CODE
 from ldoctor.errors import BadInput, BadInputLog
+from ldoctor.io.radiograph import RADIOGRAPH_EXPECTED, check_radiograph_file
 from ldoctor.io.tables import read_csv_columns
+from ldoctor.transforms.failures import named_error
+
+#: Appended to the error of a linked image that fails while a batch is loaded.
+IMAGE_HINT = ("found while loading a batch, where skip_bad cannot leave a sample out: fix the file, or remove its "
+              "line from the image links")
 
 
 class DrugDataset(Dataset):
@@ -78,9 +88,17 @@ class DrugDataset(Dataset):
             if path is None:
                 sample["image"] = torch.zeros(3, self.image_size, self.image_size)
             else:
-                sample["image"] = self.image_transform({"image": path})["image"]
+                sample["image"] = self._image(path)
             sample["has_image"] = path is not None
         return sample
+
+    def _image(self, path: str) -> torch.Tensor:
+        """The transformed image of one admission; a failure raises one error naming the file."""
+        try:
+            return self.image_transform({"image": path})["image"]
+        except Exception as err:  # any reader's failure becomes one error naming the file
+            error = named_error(err, path, RADIOGRAPH_EXPECTED, IMAGE_HINT)
+            raise error from error.__cause__
 
 
 def collate_drug_batch(samples: list[dict]) -> dict[str, Any]:
@@ -108,9 +126,15 @@ def collate_drug_batch(samples: list[dict]) -> dict[str, Any]:
 def read_image_links(path: str | Path, bad: BadInputLog) -> dict[str, str]:
     """Read a ``hadm_id,image_path`` CSV; relative image paths are relative to the CSV's folder.
 
+    Each image is checked from its header (:func:`ldoctor.io.radiograph.check_radiograph_file`): a DICOM that is
+    multi-frame, colour, compressed with a transfer syntax no installed plugin decodes, truncated or not a radiograph's
+    modality, and a PNG that is truncated or over the decompression-bomb limit, are reported (counted as
+    ``"unreadable images"`` with ``skip_bad``, and the admission keeps no image).
+
     Raises:
         ValueError: missing columns, an empty ``hadm_id`` or path, or one admission linked to two images.
         FileNotFoundError: an image file that does not exist (file and line named), unless ``bad`` skips it.
+        BadInput: an image that fails its header checks (file and line named), unless ``bad`` skips it.
     """
     path = Path(path)
     frame = read_csv_columns(path, ("hadm_id", "image_path"))
@@ -124,6 +148,11 @@ def read_image_links(path: str | Path, bad: BadInputLog) -> dict[str, str]:
         if not image_path.is_file():
             bad.report("missing images", f"{image_path}: listed in {path} line {line}, not found; check data.images",
                        FileNotFoundError)
+            continue
+        try:
+            check_radiograph_file(image_path)
+        except BadInput as err:
+            bad.report("unreadable images", f"{err}; linked in {path} line {line}")
             continue
         links[hadm] = str(image_path)
     return links

@@ -142,7 +142,7 @@ def load_ndc_map(path: str | Path) -> dict[str, str]:
         ValueError: malformed NDC or ATC-3 value, or one NDC mapped to two classes (both lines named).
     """
     path = Path(path)
-    frame = read_csv_columns(path, ("ndc", "atc3"))
+    frame = read_csv_columns(path, ("ndc", "atc3"), "the NDC -> ATC-3 map")
     mapping: dict[str, str] = {}
     first_line: dict[str, int] = {}
     for ndc, atc3, line in frame.itertuples(index=False):
@@ -165,7 +165,7 @@ def load_ndc_map(path: str | Path) -> dict[str, str]:
 # ----------------------------------------------------------------------------------------------- tables
 def _read_admissions(mimic_dir: Path, stats: MimicStats) -> tuple[dict[str, tuple[str, pd.Timestamp]], Path]:
     path = find_table(mimic_dir, "ADMISSIONS")
-    frame = read_csv_columns(path, TABLE_COLUMNS["ADMISSIONS"])
+    frame = read_csv_columns(path, TABLE_COLUMNS["ADMISSIONS"], "the MIMIC-III table ADMISSIONS")
     times = pd.to_datetime(frame["admittime"], errors="coerce", format="mixed")
     admissions: dict[str, tuple[str, pd.Timestamp]] = {}
     for (subject, hadm, _, line), time in zip(frame.itertuples(index=False), times):
@@ -190,7 +190,7 @@ def _checked_rows(
 ) -> tuple[pd.DataFrame, Path]:
     """Rows of ``table`` whose ``hadm_id`` is in ADMISSIONS with the same ``subject_id``."""
     path = find_table(mimic_dir, table)
-    frame = read_csv_columns(path, TABLE_COLUMNS[table])
+    frame = read_csv_columns(path, TABLE_COLUMNS[table], f"the MIMIC-III table {table}")
     known = frame["hadm_id"].isin(admissions.keys())
     for subject, hadm, line in frame.loc[~known, ["subject_id", "hadm_id", "line"]].itertuples(index=False):
         bad.report(f"{table}:unknown_hadm_id",

@@ -35,6 +35,8 @@ from lightning.pytorch.utilities import rank_zero_warn
 from ldoctor.errors import BadInput, BadInputLog
 from ldoctor.evaluation.splits import check_patient_disjoint, patient_folds, split_patients
 from ldoctor.io.radiograph import check_png
+from ldoctor.io.tables import read_csv, read_text_lines
+from ldoctor.privacy import redact
 from ldoctor.tasks import TaskSpec
 
 #: The 14 ChestX-ray14 findings in the fixed order of the ``disease`` label columns
@@ -101,10 +103,12 @@ def read_label_table(path: str | Path, columns: Sequence[str] = REQUIRED_COLUMNS
         (row ``i`` is line ``i + 2`` of the file).
 
     Raises:
-        ValueError: missing columns, empty table, duplicate image names, non-integer patient ids.
+        BadInput: missing columns, empty table, duplicate image names, non-integer patient ids; a damaged ``.gz``,
+            bytes that are not UTF-8, an empty file or a malformed CSV (:func:`~ldoctor.io.tables.read_csv`).
     """
     path = Path(path)
-    table = pd.read_csv(path, dtype={IMAGE_COLUMN: str, FINDINGS_COLUMN: str})
+    table = read_csv(path, f"the NIH ChestX-ray14 label table (a CSV with the columns {list(columns)})",
+                     dtype={IMAGE_COLUMN: str, FINDINGS_COLUMN: str})
     missing = [c for c in columns if c not in table.columns]
     if missing:
         raise BadInput(
@@ -181,8 +185,8 @@ def index_images(root: str | Path) -> dict[str, Path]:
 
 
 def read_list_file(path: str | Path) -> list[str]:
-    """File names of an NIH split list (one per line; blank lines ignored)."""
-    return [line.strip() for line in Path(path).read_text().splitlines() if line.strip()]
+    """File names of an NIH split list (one per line, UTF-8; blank lines ignored)."""
+    return read_text_lines(path, "an NIH split list (one image file name a line)")
 
 
 def official_lists(root: Path, table_path: Path, known: set[str],
@@ -227,9 +231,10 @@ def listed_rows(table: pd.DataFrame, lists: tuple[set[str], set[str]], root: Pat
     listed = table[IMAGE_COLUMN].isin(lists[0] | lists[1]).to_numpy()
     if not listed.all():
         unlisted = np.flatnonzero(~listed)
-        rank_zero_warn(f"{table_path}: {len(unlisted)} of {len(table)} rows are in neither {root / TRAIN_VAL_LIST} "
-                       f"nor {root / TEST_LIST} (e.g. {table[IMAGE_COLUMN].iat[unlisted[0]]!r}, line "
-                       f"{unlisted[0] + 2}); they are left out of every split (the official lists decide the split)")
+        rank_zero_warn(redact(f"{table_path}: {len(unlisted)} of {len(table)} rows are in neither "
+                              f"{root / TRAIN_VAL_LIST} nor {root / TEST_LIST} (e.g. "
+                              f"{table[IMAGE_COLUMN].iat[unlisted[0]]}, line {unlisted[0] + 2}); they are left out of "
+                              "every split (the official lists decide the split)"))
     return listed
 
 
