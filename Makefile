@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-fast lint install clean
+.PHONY: demo test test-fast test-benchmarks lint install clean
 
 $(BIN)/python:
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "$(PYTHON) not found; run make PYTHON=/path/to/python3.11"; exit 1; }
@@ -23,12 +23,16 @@ lint: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest -q --durations=10
+	$(BIN)/python -m pytest -q -m "not benchmark" --durations=10
+
+# the benchmark scripts run end to end on synthetic and shipped data (several minutes each)
+test-benchmarks: $(STAMP)
+	$(BIN)/python -m pytest -q -m benchmark --durations=10
 
 # the inner loop: every test but those marked slow (multi-process DDP, crash-resume, benchmark runs)
 test-fast: $(STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(BIN)/python -m pytest -q -m "not slow and not benchmark"
 
 demo: $(STAMP)
 	$(BIN)/python -m ldoctor.demo

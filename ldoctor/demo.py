@@ -6,6 +6,8 @@
 Everything it reads is real public data shipped in ``ldoctor/demo_data`` (nothing is downloaded): LIDC-IDRI CT
 crops of 303 scored nodules (``lidc-real``), 837 ChestX-ray14 radiographs (``nih-cxr14-64``) and the MIMIC-III
 demo (``mimic3-demo``). The data roots are set to the shipped folders unless the command line overrides them.
+It ends by writing the case report (``report.html`` + ``report.json``) of a composite validation case from the last
+checkpoint and printing its path.
 """
 
 from __future__ import annotations
@@ -107,7 +109,23 @@ def main(argv: list[str] | None = None) -> LDoctorCLI:
         *run_paths(cli),
     ]
     sys.stdout.write("\n".join(report) + "\n")
+    if cli.trainer.current_epoch > 0:
+        sys.stdout.write(f"case report: {write_report(cli)}\n")
     return cli
+
+
+def write_report(cli: LDoctorCLI) -> Path:
+    """The report of the composite validation case (:mod:`ldoctor.report.demo_case`) from the last checkpoint, in
+    ``<default_root_dir>/report/`` (the case folder beside it, in ``case/``)."""
+    from ldoctor.report.__main__ import main as report  # noqa: PLC0415
+    from ldoctor.report.demo_case import write_demo_case  # noqa: PLC0415
+
+    root = Path(cli.trainer.default_root_dir)
+    case = write_demo_case(cli.datamodule, root / "case")
+    (last,) = [c for c in cli.trainer.checkpoint_callbacks if c.filename == "last"]  # written every epoch
+    checkpoint = Path(last.dirpath) / "last.ckpt"
+    (html,) = report([str(case), "--ckpt", str(checkpoint), "--out", str(root / "report")])
+    return html
 
 
 if __name__ == "__main__":

@@ -122,6 +122,23 @@ def _mismatch(given: dict[str, torch.Tensor], expected: dict[str, torch.Tensor],
     return "; ".join(parts)
 
 
+def gather_rows(module: L.LightningModule, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...] | None:
+    """Every process's rows of ``tensors`` (same length on one process, any length across processes), joined in
+    rank order; all processes must call it, also those with no rows. ``None`` when no process has any.
+
+    ``all_gather`` needs equal shapes, so each process pads to the longest and the padding is cut off again.
+    """
+    if module.trainer.world_size == 1:
+        return tensors if len(tensors[0]) else None
+    counts = module.all_gather(torch.tensor(len(tensors[0]), device=module.device)).view(-1)
+    if int(counts.sum()) == 0:
+        return None
+    size = int(counts.max())
+    padded = [torch.cat([t, t.new_zeros((size - len(t), *t.shape[1:]))]) for t in tensors]
+    everyone = [module.all_gather(t) for t in padded]  # [world, size, ...]
+    return tuple(torch.cat([g[r, : int(n)] for r, n in enumerate(counts)]) for g in everyone)
+
+
 def _single_process() -> bool:
     """``distributed_available_fn`` of the module's metrics: they never sync themselves (see ``_gathered``)."""
     return False
@@ -290,6 +307,20 @@ class MultiTaskModule(L.LightningModule):
         """A model loaded from a checkpoint (``load_from_checkpoint``, a resumed fit) has trained heads."""
         self._heads_trained = True
 
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Also save how each task's data were read (``"ldoctor_inference"``: the DataModule's
+        ``inference_settings()``, so a report reads a new case the same way) and the last validation metrics
+        (``"ldoctor_validation"``: ``val/...`` as floats, NaN = undefined); plain values only."""
+        dm = self._datamodule()
+        if dm is not None and self.trainer.state.fn == "fit":
+            settings = {}
+            for name in dm.task_names:
+                settings[name] = dict(dm.member(name).inference_settings())
+            checkpoint["ldoctor_inference"] = settings
+        metrics = self.trainer.callback_metrics if self._trainer is not None else {}
+        checkpoint["ldoctor_validation"] = {k: float(v) for k, v in metrics.items()
+                                            if k.startswith("val/") and torch.as_tensor(v).numel() == 1}
+
     @classmethod
     def load_from_checkpoint(  # type: ignore[override]
         cls, checkpoint_path: Any, map_location: Any = None, hparams_file: Any = None, strict: bool | None = None,
@@ -439,15 +470,7 @@ class MultiTaskModule(L.LightningModule):
             preds = torch.zeros((0, *width), device=self.device)
             target = torch.zeros((0, *(width if spec.kind == "multilabel" else ())), dtype=torch.long,
                                  device=self.device)
-        if self.trainer.world_size == 1:
-            return (preds, target) if len(target) else None
-        counts = self.all_gather(torch.tensor(len(target), device=self.device)).view(-1)
-        if int(counts.sum()) == 0:
-            return None
-        size = int(counts.max())
-        padded = [torch.cat([t, t.new_zeros((size - len(t), *t.shape[1:]))]) for t in (preds, target)]
-        everyone = [self.all_gather(t) for t in padded]  # [world, size, ...]
-        return tuple(torch.cat([g[r, : int(n)] for r, n in enumerate(counts)]) for g in everyone)
+        return gather_rows(self, preds, target)
 
     def _log_epoch_metrics(self, split: str) -> None:
         """Log each task's metrics and ``{split}/auroc_mean``, the mean over the tasks whose AUROC is defined.

@@ -61,6 +61,7 @@ def test_skip_warnings_in_a_wandb_run_name_files_by_pseudonym(tmp_path, monkeypa
     wandb = pytest.importorskip("wandb")
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_CONSOLE", "wrap")  # capture the console too (ldoctor's default turns it off)
+    wandb.teardown()  # W&B reads its settings once per process: start afresh, with these
     monkeypatch.chdir(tmp_path)
     data = tmp_path / "site-data"
     nih = write_nih_dataset(data, num_patients=12, image_size=32, seed=3)
@@ -77,6 +78,7 @@ def test_skip_warnings_in_a_wandb_run_name_files_by_pseudonym(tmp_path, monkeypa
             "--data.skip_bad=true",
         ])
     wandb.finish()
+    wandb.teardown()  # the W&B service keeps this test's working directory; later runs in this process need a new one
     console = capfd.readouterr()
     logged = caplog.text + console.out + console.err
     assert file_pseudonym(broken.name) in logged  # named in the skip warning, by pseudonym

@@ -75,7 +75,7 @@ def check_scores(result: dict, frame: pd.DataFrame, min_positives: int) -> None:
     assert "full ChestX-ray14" in result["published"]["caveat"]
 
 
-@pytest.mark.slow
+@pytest.mark.benchmark
 def test_cross_validation_on_a_synthetic_folder(tmp_path):
     nih = write_nih_dataset(tmp_path / "nih", num_patients=30, image_size=32, prevalence=0.3, seed=2)
     counts = nih.labels.sum(axis=0)
@@ -103,7 +103,7 @@ def test_cross_validation_on_a_synthetic_folder(tmp_path):
         assert row["scored_findings"] == [n for n in CHESTXRAY14_FINDINGS if counts[f"label_{n}"] >= threshold]
 
 
-@pytest.mark.slow
+@pytest.mark.benchmark
 def test_test_root_with_pneumoniamnist_pretraining(tmp_path):
     root = write_other_patients(tmp_path / "train", first_patient=1, num_patients=24, seed=3)
     test = write_other_patients(tmp_path / "test", first_patient=501, num_patients=14, seed=4)

@@ -42,7 +42,7 @@ def run_main(lidc, argv: list[str]) -> dict:
         torch.set_num_threads(threads)
 
 
-@pytest.mark.slow
+@pytest.mark.benchmark
 def test_cross_validation_tests_every_nodule_once(tmp_path):
     out = tmp_path / "cv.json"
     run_benchmark("lidc.py", [

@@ -19,7 +19,7 @@ from sklearn.preprocessing import StandardScaler
 from ldoctor.datasets.lidc import write_slice_subset
 from tests.helpers import ROOT, run_benchmark
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.benchmark
 
 DEMO = ROOT / "ldoctor" / "demo_data" / "lidc-real" / "lidc-slices"
 REAL = ROOT / "tests" / "data" / "lidc_real" / "lidc-slices"

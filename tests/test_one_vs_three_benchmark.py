@@ -12,7 +12,7 @@ from sklearn.metrics import roc_auc_score
 from ldoctor.datasets.nih import CHESTXRAY14_FINDINGS
 from tests.helpers import run_benchmark
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.benchmark
 
 WEIGHTINGS = ["uncertainty", "pcgrad"]
 
