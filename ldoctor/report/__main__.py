@@ -1,7 +1,8 @@
 """``python -m ldoctor.report CASE_DIR --ckpt model.ckpt --out OUT_DIR``: a case report in one command.
 
 Writes ``OUT_DIR/report.json`` and ``OUT_DIR/report.html`` (several case folders: one sub-folder per case, named by
-its pseudonym) and prints the HTML path. The same as ``train.py predict`` with ``CaseDataModule`` and
+its pseudonym) and prints the HTML path. An input that could not be used is named in full on stderr (the report
+itself names files by pseudonym only). The same as ``train.py predict`` with ``CaseDataModule`` and
 ``ReportWriter`` (``configs/report.yaml``), for people who do not write configs. Runs on the CPU unless
 ``--accelerator`` says otherwise; the checkpoint is read with ``weights_only=True`` (never code).
 """
@@ -39,6 +40,9 @@ def main(argv: list[str] | None = None) -> list[Path]:
                         enable_progress_bar=False, enable_model_summary=False, inference_mode=False,
                         default_root_dir=args.out)
     trainer.predict(model, datamodule=data, return_predictions=False)
+    for case in data.cases:  # in full, on the user's terminal only (the report names files by pseudonym)
+        for what, message in case.problems:
+            sys.stderr.write(f"{case.folder}: {what} left out of the report: {message}\n")
     for path in writer.written:
         sys.stdout.write(f"{path}\n")
     return writer.written

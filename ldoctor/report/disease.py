@@ -4,8 +4,10 @@ Per finding: the probability after the checkpoint's calibration (temperature or 
 :class:`~ldoctor.callbacks.OperatingPoints`), the operating threshold chosen on validation with its validation
 sensitivity and specificity, ``positive`` (probability >= threshold) and ``review`` (probability within
 :data:`REVIEW_MARGIN` of the threshold: low confidence). Each positive or review finding gets a Grad-CAM map
-(``monai.visualize.GradCAM`` on the trunk's last stage, the score being that finding's sigmoid, scaled to
-``[0, 1]`` by :func:`~ldoctor.report.images.unit_normalise`): attention, not localisation.
+(``monai.visualize.GradCAM`` on the trunk's last stage at full input sizes, a deeper-resolved stage on small ones
+(:mod:`ldoctor.report.cam`), the score being that finding's sigmoid, scaled to ``[0, 1]`` by
+:func:`~ldoctor.report.images.unit_normalise`): attention, not localisation. A finding whose map holds no positive
+evidence gets none.
 """
 
 from __future__ import annotations
@@ -15,10 +17,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from monai.visualize import GradCAM
 from torch import nn
 
-from ldoctor.report.images import grey_png, heat_png, unit_normalise
+from ldoctor.report.cam import cam_stage, grad_cam
+from ldoctor.report.images import grey_png, heat_png
 from ldoctor.report.schema import ATTENTION_NOTE
 
 #: A finding whose calibrated probability is this close to its threshold is flagged for review.
@@ -35,11 +37,17 @@ class DiseaseMedia:
     heat: dict[str, bytes] = field(default_factory=dict)
 
 
-class _FindingProbabilities(nn.Module):
-    """``[B, 3, H, W]`` -> the task's per-finding sigmoid ``[B, K]`` (the score Grad-CAM differentiates).
+def rule_text(rule: str | None) -> str:
+    """How the thresholds were chosen, in words (:func:`ldoctor.evaluation.calibration.choose_threshold`'s rules)."""
+    if rule == "youden":
+        return "Youden's J (sensitivity + specificity - 1) maximised on validation"
+    if rule and rule.startswith("sensitivity:"):
+        return f"the highest threshold with validation sensitivity >= {rule.split(':', 1)[1]}"
+    return "chosen on validation"
 
-    Built in the net's mode (``.train(net.training)``): MONAI's hooks put the wrapper back into the mode it had,
-    recursively, so a fresh (training-mode) wrapper would leave the net in training mode (dropout, batch norm)."""
+
+class _FindingProbabilities(nn.Module):
+    """``[B, 3, H, W]`` -> the task's per-finding sigmoid ``[B, K]`` (the score Grad-CAM differentiates)."""
 
     def __init__(self, net: nn.Module, task: str) -> None:
         super().__init__()
@@ -47,21 +55,6 @@ class _FindingProbabilities(nn.Module):
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(self.net.forward_task(self.task, {"image": image}))
-
-
-def grad_cam(net: nn.Module, task: str, image: torch.Tensor, columns: list[int]) -> dict[int, np.ndarray]:
-    """Grad-CAM maps ``[H, W]`` in ``[0, 1]`` of ``columns`` of ``task`` for one image ``[3, H, W]``."""
-    if not columns:
-        return {}
-    last = net.trunk.stages[-1]
-    wrapper = _FindingProbabilities(net, task).train(net.training)
-    cam = GradCAM(wrapper, target_layers=f"net.trunk.{last}", postprocessing=unit_normalise)
-    maps = {}
-    with torch.inference_mode(False), torch.enable_grad():
-        x = image.detach().clone()[None].requires_grad_(False)
-        for column in columns:
-            maps[column] = cam(x, class_idx=column)[0, 0].detach().cpu().numpy()
-    return maps
 
 
 def disease_section(net: nn.Module, task: str, class_names: list[str], image: torch.Tensor, display: np.ndarray,
@@ -101,18 +94,21 @@ def disease_section(net: nn.Module, task: str, class_names: list[str], image: to
             "reason": point.get("reason") if threshold is None else None, "heatmap": False,
         })
     flagged = [k for k, f in enumerate(findings) if f["positive"] or f["review"]]
-    maps = grad_cam(net, task, image, flagged)
+    stage = cam_stage(net.trunk, image[None])
     media = DiseaseMedia(grey_png(display, DISPLAY_SIZE))
-    for k, heat in maps.items():
-        findings[k]["heatmap"] = True
-        media.heat[class_names[k]] = heat_png(heat, DISPLAY_SIZE)
+    for k in flagged:
+        heat = grad_cam(_FindingProbabilities(net, task), image[None], stage, k)[0]
+        if heat.max() > 0:  # all zero: no positive evidence at this stage, nothing to draw
+            findings[k]["heatmap"] = True
+            media.heat[class_names[k]] = heat_png(heat, DISPLAY_SIZE)
     findings.sort(key=lambda f: -f["probability"])
     section = {
         "calibration": calibration.method if calibration is not None else "none",
-        "threshold_rule": points.get("rule", "chosen on validation") if points else
+        "threshold_rule": rule_text(points.get("rule")) if points else
         "none stored in the checkpoint (no operating point claimed)",
         "review_margin": REVIEW_MARGIN,
         "attention_note": ATTENTION_NOTE,
+        "gradcam_stage": stage,
         "findings": findings,
     }
     return section, media

@@ -27,6 +27,8 @@ from ldoctor.errors import BadInput
 from ldoctor.tasks import TaskSpec
 
 INFERENCE_KEY, VALIDATION_KEY = "ldoctor_inference", "ldoctor_validation"
+#: Validation metrics a model card shows (per-class AUROCs and counts stay in the training logs).
+CARD_METRICS = ("auroc", "accuracy", "f1", "sensitivity", "specificity", "jaccard", "prauc", "ece", "ece_calibrated")
 
 
 def file_version(path: str | Path) -> str:
@@ -87,9 +89,10 @@ class ModelInfo:
         validation: dict[str, dict[str, float | None]] = {}
         for key, value in (checkpoint.get(VALIDATION_KEY) or {}).items():
             parts = key.split("/")
-            if len(parts) == 3 and parts[0] == "val":  # NaN (undefined, e.g. one class only) -> None
+            if len(parts) == 3 and parts[0] == "val" and parts[2] in CARD_METRICS:  # NaN (undefined) -> None
                 validation.setdefault(parts[1], {})[parts[2]] = None if math.isnan(float(value)) else float(value)
-        points = (read_operating_points(checkpoint) or {}).get("tasks", {})
+        state = read_operating_points(checkpoint) or {}
+        points = {task: {**entry, "rule": state.get("rule")} for task, entry in state.get("tasks", {}).items()}
         trained = datetime.fromtimestamp(path.stat().st_mtime, tz=timezone.utc).strftime("%Y-%m-%d")
         trunk = hparams.get("trunk")
         return cls(path, file_version(path), tasks, dict(checkpoint.get(INFERENCE_KEY) or {}), dict(points),

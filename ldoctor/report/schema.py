@@ -26,6 +26,7 @@ Images (CT slices, heat maps, the radiograph) are only in ``report.html``; the J
                           "interval": [low, high],        (2.5 / 97.5 % of the augmented views' probabilities,
                                                            widened to include p)
                           "slices": n,                    (axial slices shown in the HTML stack)
+                          "heatmap": bool,                (its Grad-CAM overlay shows positive evidence)
                           "category": "insufficient inputs",  (no Lung-RADS / Fleischner from a probability)
                           "category_reason": text}]}
     disease           null | {
@@ -33,6 +34,7 @@ Images (CT slices, heat maps, the radiograph) are only in ``report.html``; the J
                         "threshold_rule": text (e.g. "youden": Youden's J on validation),
                         "review_margin": m,
                         "attention_note": "attention, not localisation",
+                        "gradcam_stage": "layer4",        (the trunk stage Grad-CAM read)
                         "findings": [{                    (sorted by probability, highest first)
                           "name": "Effusion",
                           "probability": p,               (calibrated)

@@ -4,8 +4,9 @@ The nodule-centred cube is cut from the CT exactly as in training (:func:`ldocto
 with the checkpoint's patch settings). The probability is the model's on the un-augmented views; the band is the
 2.5-97.5 % range over :data:`TTA_SAMPLES` test-time augmentations (the training's 3D augmentation: flips, 90-degree
 turns, small affine, noise), which shows how stable the prediction is under plausible changes of the input, not a
-calibrated confidence interval. The heat map is Grad-CAM (MONAI) of the malignancy logit on the axial view, shown on
-every axial slice of the stack ("attention on the axial view").
+calibrated confidence interval. The heat map is Grad-CAM (MONAI, :mod:`ldoctor.report.cam`) of the malignancy logit
+on the axial view, shown on every axial slice of the stack ("attention on the axial view"); none when the map holds
+no positive evidence.
 
 Size: the candidate list's diameter when it states one, and the diameter measured here: the sphere-equivalent
 diameter of the connected region above :data:`SOLID_HU` HU that holds the centre voxel (``None`` when the centre is
@@ -21,12 +22,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from monai.visualize import GradCAM
 from scipy import ndimage
 from torch import nn
 
+from ldoctor.report.cam import cam_stage, grad_cam
 from ldoctor.report.case import Nodule
-from ldoctor.report.images import grey_png, heat_png, unit_normalise
+from ldoctor.report.images import grey_png, heat_png
 from ldoctor.report.schema import INSUFFICIENT
 
 TTA_SAMPLES = 16
@@ -44,6 +45,7 @@ class NoduleMedia:
 
     slices: list[bytes] = field(default_factory=list)
     heat: list[bytes] = field(default_factory=list)
+    evidence: bool = False  # the heat map shows positive Grad-CAM evidence (else it is transparent)
 
 
 class _AxialViewLogit(nn.Module):
@@ -117,6 +119,7 @@ def tumor_section(net: nn.Module, task: str, nodules: list[Nodule], cubes: list[
         axial = list(settings["views"]).index("axial") if "axial" in settings["views"] else None
         media[index] = _nodule_media(net, task, cube_np, image, axial)
         entries[-1]["slices"] = len(media[index].slices)
+        entries[-1]["heatmap"] = media[index].evidence
     method = f"{TTA_SAMPLES} test-time augmentations (the training's 3D augmentation)"
     return {"method": method, "nodules": entries}, media
 
@@ -131,14 +134,12 @@ def _nodule_media(net: nn.Module, task: str, cube: np.ndarray, views: torch.Tens
     media = NoduleMedia()
     heat = None
     if axial is not None:
-        last = net.trunk.stages[-1]
-        wrapper = _AxialViewLogit(net, task).train(net.training)  # see disease._FindingProbabilities
-        cam = GradCAM(wrapper, target_layers=f"net.trunk.{last}", postprocessing=unit_normalise)
-        with torch.inference_mode(False), torch.enable_grad():
-            maps = cam(views.detach().clone(), class_idx=0)  # [V, 1, H, W]: one map per view
-        heat = heat_png(maps[axial, 0].detach().numpy(), DISPLAY_SIZE)
+        stage = cam_stage(net.trunk, views)
+        axial_map = grad_cam(_AxialViewLogit(net, task), views, stage, 0)[axial]  # one map per view
+        heat = heat_png(axial_map, DISPLAY_SIZE) if axial_map.max() > 0 else None
+    media.evidence = heat is not None
+    heat = heat if heat is not None else heat_png(np.zeros((2, 2)), DISPLAY_SIZE)  # the page wants one per slice
     for k in np.linspace(0, cube.shape[2] - 1, min(SHOWN_SLICES, cube.shape[2])).round().astype(int):
         media.slices.append(grey_png(cube[:, :, k].T, DISPLAY_SIZE))
-        if heat is not None:
-            media.heat.append(heat)
+        media.heat.append(heat)
     return media
