@@ -4,6 +4,7 @@ through ``python -m ldoctor.report`` and through ``train.py predict`` with ``con
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import lightning as L
@@ -26,6 +27,7 @@ from ldoctor.module import MultiTaskModule
 from ldoctor.report.__main__ import main as report_main
 from ldoctor.report.cam import cam_stage
 from ldoctor.report.case import read_case, read_history_mimic
+from ldoctor.report.drug import drug_section, read_atc_names, read_interactions
 from ldoctor.report.schema import INSUFFICIENT, SCHEMA_VERSION, check_report
 from tests.fixtures.images import write_radiograph_dicom
 from tests.fixtures.nih import finding_image
@@ -218,3 +220,26 @@ def test_mimic_rows_of_one_patient_give_the_same_history_as_training_reads(tmp_p
 def test_grad_cam_reads_the_deepest_stage_of_at_least_7_by_7(side, stage):
     trunk = MultiTaskModule(tasks=[disease_task()], trunk="resnet18").net.trunk.eval()
     assert cam_stage(trunk, torch.zeros(1, 3, side, side)) == stage
+
+
+def test_drug_section_marks_continued_new_stopped_and_interactions_from_the_users_table(tmp_path):
+    table = tmp_path / "pairs.csv"
+    table.write_text("ATC3_A,atc3_b,Severity\nB01A,N02B,major\nA02B,B01A,\nN02B,C10A,minor\n")
+    names = tmp_path / "names.csv"
+    names.write_text("atc3,name\nB01A,Antithrombotic agents\n")
+    history = [{"diagnoses": ["4019"], "procedures": [], "drugs": ["N02B", "C10A"]},
+               {"diagnoses": ["41401"], "procedures": ["3606"], "drugs": []}]
+    section = drug_section([0.9, 0.7, 0.2, 0.6], ["A02B", "B01A", "C10A", "N02B"], history,
+                           read_interactions(table), table.name, read_atc_names(names))
+    assert [(r["atc3"], r["status"]) for r in section["recommended"]] == [("A02B", "new"), ("B01A", "new"),
+                                                                          ("N02B", "continued")]
+    assert section["recommended"][1]["name"] == "Antithrombotic agents" and section["recommended"][0]["name"] is None
+    assert section["stopped"] == [{"atc3": "C10A", "name": None, "probability": 0.2}]
+    # only pairs among the recommended classes; severity only where the table gives one
+    assert section["interactions"] == [{"a": "A02B", "b": "B01A", "severity": None},
+                                       {"a": "B01A", "b": "N02B", "severity": "major"}]
+    assert section["interaction_table"] == "user table pairs.csv"
+    bad = tmp_path / "bad.csv"
+    bad.write_text("drug1,drug2\nA,B\n")
+    with pytest.raises(BadInput, match=re.escape(str(bad)) + ".*expected atc3_a, atc3_b"):
+        read_interactions(bad)
