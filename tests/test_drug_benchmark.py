@@ -33,6 +33,7 @@ def synthetic(tmp_path, **kwargs):
     return truth, ["--mimic-dir", str(truth.folder), "--ndc-map", str(truth.ndc_map)]
 
 
+@pytest.mark.benchmark
 def test_nested_protocol_end_to_end_on_synthetic_mimic(tmp_path):
     truth, data = synthetic(tmp_path)
     result, printed = drugrec([*data, *QUICK], tmp_path)
@@ -122,6 +123,7 @@ def test_no_locked_test_patient_reaches_training_validation_or_tuning(tmp_path, 
     assert set(read) == {"tuning", "fit", "score test"}
 
 
+@pytest.mark.benchmark
 def test_bootstrap_mode_on_synthetic_safedrug_records(tmp_path):
     folder = write_synthetic_safedrug(tmp_path / "sd", n_patients=45, seed=1)
     records = import_safedrug(folder / "records_final.pkl", folder / "voc_final.pkl", tmp_path / "out",
@@ -137,6 +139,7 @@ def test_bootstrap_mode_on_synthetic_safedrug_records(tmp_path):
     assert "SafeDrug" in printed and "MoleRec" in printed and "COGNet" in printed
 
 
+@pytest.mark.benchmark
 def test_bootstrap_mode_without_an_interaction_table_reports_no_ddi_rate(tmp_path):
     folder = write_synthetic_safedrug(tmp_path / "sd", n_patients=45, seed=1)
     records = import_safedrug(folder / "records_final.pkl", folder / "voc_final.pkl", tmp_path / "out",

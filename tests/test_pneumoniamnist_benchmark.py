@@ -19,6 +19,7 @@ def run(tmp_path, npz: str) -> tuple[dict, str]:
     return json.loads(out.read_text()), done.stdout
 
 
+@pytest.mark.benchmark
 @pytest.mark.parametrize("with_test", [False, True], ids=["no-test-split", "test-split"])
 def test_headline_is_the_test_score_of_the_validation_chosen_epoch(tmp_path, with_test):
     sizes = {"train": 120, "val": 40, **({"test": 40} if with_test else {})}
