@@ -26,6 +26,7 @@ import hmac
 import os
 import re
 import secrets
+import warnings
 from collections.abc import Iterator
 from functools import lru_cache
 from pathlib import Path
@@ -63,14 +64,19 @@ def salt() -> bytes:
 def _salt_file() -> bytes:
     folder = Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config") / "ldoctor"
     path = folder / "pseudonym_salt"
-    if not path.is_file():
-        folder.mkdir(parents=True, exist_ok=True)
-        try:  # O_EXCL: two processes starting together keep the first one's key
-            with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as f:
-                f.write(secrets.token_hex(32))
-        except FileExistsError:
-            pass
-    return path.read_text().strip().encode()
+    try:
+        if not path.is_file():
+            folder.mkdir(parents=True, exist_ok=True)
+            try:  # O_EXCL: two processes starting together keep the first one's key
+                with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as f:
+                    f.write(secrets.token_hex(32))
+            except FileExistsError:
+                pass
+        return path.read_text().strip().encode()
+    except OSError as err:  # no writable home: a key for this process only (pseudonyms still hide; not stable)
+        warnings.warn(f"ldoctor.privacy: cannot keep a pseudonym key in {folder} ({err.strerror}); using one for this "
+                      f"process only: set {SALT_ENV} for pseudonyms that are the same across runs", stacklevel=2)
+        return secrets.token_hex(32).encode()
 
 
 def pseudonym(value: str, kind: str = "id") -> str:
