@@ -14,7 +14,6 @@ includes one-off imports and allocations).
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import shutil
 import statistics
@@ -23,7 +22,6 @@ import time
 from pathlib import Path
 
 import lightning as L
-import nibabel as nib
 import numpy as np
 import torch
 
@@ -35,9 +33,9 @@ from ldoctor.datasets.nih import disease_task
 from ldoctor.errors import BadInputLog
 from ldoctor.evaluation.calibration import fit_operating_points
 from ldoctor.evaluation.report import write_result
-from ldoctor.io.ct import RAS_TO_LPS
 from ldoctor.module import MultiTaskModule
 from ldoctor.report.__main__ import main as report
+from ldoctor.report.demo_case import write_history, write_nodule_ct
 
 DEMO_DATA = Path(__file__).resolve().parents[1] / "ldoctor" / "demo_data"
 SETTINGS = {
@@ -53,18 +51,10 @@ def write_case(folder: Path) -> tuple[Path, list[dict]]:
     """The shipped-data case and the MIMIC demo admissions (for the vocabularies)."""
     folder.mkdir(parents=True, exist_ok=True)
     nodule = SliceStacks(str(DEMO_DATA / "lidc-real" / "lidc-slices")).read(BadInputLog())[0]
-    volume = nodule["volume"]
-    nib.save(nib.Nifti1Image(volume.hu.astype(np.float32), RAS_TO_LPS @ volume.affine), folder / "ct.nii.gz")
-    with open(folder / "candidates.csv", "w", newline="") as f:
-        csv.writer(f).writerows([["coordX", "coordY", "coordZ"], [f"{v:.2f}" for v in nodule["center_mm"]]])
+    write_nodule_ct(folder, {"volume": nodule["volume"], "center_mm": nodule["center_mm"]})  # no stated diameter
     shutil.copyfile(sorted((DEMO_DATA / "nih-cxr14-64" / "images").glob("*.png"))[0], folder / "radiograph.png")
     records, _ = read_mimic_admissions(DEMO_DIR, DEMO_NDC_MAP)
-    by_patient: dict[str, list[dict]] = {}
-    for r in records:
-        by_patient.setdefault(r["subject_id"], []).append(r)
-    history = next(a for a in by_patient.values() if len(a) >= 2)
-    (folder / "history.json").write_text(json.dumps({"admissions": [
-        {k: a[k] for k in ("diagnoses", "procedures", "drugs")} for a in history]}))
+    write_history(folder, records)
     return folder, records
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -33,3 +34,11 @@ def test_demo_trains_on_the_shipped_real_data_and_prints_every_task(tmp_path):
     assert f"LIDCDataModule reading {demo_data / 'lidc-real' / 'lidc-slices'}" in run.stdout
     assert f"ChestXray14DataModule reading {demo_data / 'nih-cxr14-64'}" in run.stdout
     assert f"MIMICDrugDataModule reading {demo_data / 'mimic3-demo'}" in run.stdout
+    # it ends with the report of a composite validation case with all three tasks, from the last checkpoint
+    html = tmp_path / "report" / "report.html"
+    assert f"case report: {html}" in run.stdout and html.is_file()
+    report = json.loads(html.with_name("report.json").read_text())
+    assert report["case"]["inputs"] == ["ct", "radiograph", "history"] and report["problems"] == []
+    (nodule,) = report["tumor"]["nodules"]
+    assert nodule["diameter_source"] == "candidate list" and nodule["diameter_mm"] > 0  # the readers' mean diameter
+    assert len(report["disease"]["findings"]) == 14 and report["drug"]["admissions"] >= 2
